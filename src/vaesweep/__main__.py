@@ -1,0 +1,3 @@
+from vaesweep.cli import main
+
+main()

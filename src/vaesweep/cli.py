@@ -1,0 +1,60 @@
+"""Entry points: ``vaesweep`` (a Hydra app: one run, or ``-m`` for a sweep) and its
+subcommands ``best``, ``reproduce`` and ``report``."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from vaesweep.errors import VaesweepError
+
+log = logging.getLogger("vaesweep")
+
+_REPO = Path(__file__).resolve().parents[2]
+CONF_DIR = Path(os.environ.get("VAESWEEP_CONF_DIR", _REPO / "conf"))
+
+
+def _task(cfg: Any) -> Any:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from vaesweep.train import objectives, run_job
+
+    try:
+        metrics = run_job(cfg)
+    except VaesweepError as e:
+        if HydraConfig.get().mode == RunMode.RUN:
+            print(f"vaesweep: error: {e}", file=sys.stderr)
+            raise SystemExit(e.exit_code) from None
+        raise
+    return objectives(cfg, metrics)
+
+
+def hydra_main() -> Any:
+    import hydra
+
+    if not (CONF_DIR / "config.yaml").is_file():
+        print(f"vaesweep: error: no config folder at {CONF_DIR} (set VAESWEEP_CONF_DIR)",
+              file=sys.stderr)
+        raise SystemExit(2)
+    return hydra.main(config_path=str(CONF_DIR), config_name="config")(_task)()
+
+
+SUBCOMMANDS: dict[str, str] = {}
+
+
+def main(argv: list[str] | None = None) -> Any:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in SUBCOMMANDS:
+        import importlib
+
+        mod, _, fn = SUBCOMMANDS[argv[0]].partition(":")
+        try:
+            return getattr(importlib.import_module(mod), fn)(argv[1:])
+        except VaesweepError as e:
+            print(f"vaesweep {argv[0]}: error: {e}", file=sys.stderr)
+            raise SystemExit(e.exit_code) from None
+    sys.argv = [sys.argv[0], *argv]
+    return hydra_main()

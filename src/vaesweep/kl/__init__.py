@@ -1,0 +1,8 @@
+"""KL weighting (``kl=``): beta_eff per DESIGN §1, schedules, free bits and controllers."""
+from vaesweep.kl.loss import LossTerms, assemble, beta_eff_from, gradient_scale, kl_per_dim
+from vaesweep.kl.schedules import SCHEDULES, Schedule, build_schedule
+from vaesweep.kl.weighting import WEIGHTINGS, KLWeighting, build_weighting
+
+__all__ = ["LossTerms", "assemble", "beta_eff_from", "gradient_scale", "kl_per_dim",
+           "SCHEDULES", "Schedule", "build_schedule", "WEIGHTINGS", "KLWeighting",
+           "build_weighting"]

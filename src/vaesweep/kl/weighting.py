@@ -1,0 +1,112 @@
+"""How the KL weight is set (``kl=``): fixed weights, and the base class for annealing and
+controllers. Every weighting yields beta_eff (DESIGN §1) and keeps its state — the optimiser
+step and any controller variables — in the module's extra state, so Lightning checkpoints
+restore it and a resumed run continues with exactly the weight it had.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from vaesweep.errors import ConfigError, number
+from vaesweep.kl.loss import REDUCTIONS, LossTerms, assemble, beta_eff_from, gradient_scale
+from vaesweep.kl.schedules import build_schedule
+from vaesweep.registry import Registry
+
+WEIGHTINGS = Registry("KL weighting", "kl.name")
+
+
+class KLWeighting(nn.Module):
+    """Base class: ``keys`` are the config keys of the weighting besides the common ones.
+
+    The training loop calls ``forward`` on every batch, ``observe`` with the training terms,
+    and ``advance`` once per optimiser step; validation calls ``forward`` only (frozen).
+    """
+
+    common = {"reduction": "sum", "free_bits": 0.0, "schedule": None}
+    keys: Mapping[str, Any] = {}
+
+    def __init__(self, cfg: Mapping[str, Any], n_elements: int, n_latents: int) -> None:
+        super().__init__()
+        cfg = {k: v for k, v in dict(cfg).items() if k != "name"}
+        allowed = {**self.common, **self.keys}
+        unknown = sorted(set(cfg) - set(allowed))
+        if unknown:
+            raise ConfigError(f"kl.{unknown[0]}", cfg[unknown[0]],
+                              f"a key of this weighting: {sorted(allowed)}")
+        self.cfg = {**allowed, **cfg}
+        self.reduction = self.cfg["reduction"]
+        if self.reduction not in REDUCTIONS:
+            raise ConfigError("kl.reduction", self.reduction, REDUCTIONS)
+        self.free_bits = number("kl.free_bits", self.cfg["free_bits"], 0.0)
+        self.schedule = build_schedule(self.cfg["schedule"])
+        self.n_elements, self.n_latents = int(n_elements), int(n_latents)
+        self.scale = gradient_scale(self.reduction, self.n_elements)
+        self.step = 0
+
+    # -- the weight ---------------------------------------------------------------------
+    def base_beta_eff(self) -> float:
+        """beta_eff before the schedule's multiplier."""
+        raise NotImplementedError
+
+    def beta_eff(self) -> float:
+        return self.base_beta_eff() * self.schedule(self.step)
+
+    def penalty(self, kl_dim: torch.Tensor, beta_eff: float) -> torch.Tensor | None:
+        """The rate term trained on, when it is not beta_eff·R (free bits: Kingma et al. 2016,
+        a floor of λ nats on each dimension's batch-mean KL)."""
+        if self.free_bits > 0:
+            return beta_eff * kl_dim.mean(0).clamp(min=self.free_bits).sum()
+        return None
+
+    def forward(self, nll: torch.Tensor, kl_dim: torch.Tensor) -> LossTerms:
+        b = self.beta_eff()
+        return assemble(nll, kl_dim, b, self.scale, self.penalty(kl_dim, b))
+
+    # -- state over training --------------------------------------------------------------
+    def observe(self, terms: LossTerms) -> None:
+        """Training terms of one batch (controllers read them)."""
+
+    def advance(self) -> None:
+        """One optimiser step has been taken."""
+        self.step += 1
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"step": self.step}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+
+
+@WEIGHTINGS.register("beta")
+class Beta(KLWeighting):
+    """A weight ``beta`` on R under the chosen reduction (``mean`` makes beta_eff = beta·N/M)."""
+
+    keys = {"beta": 1.0}
+
+    def __init__(self, cfg: Mapping[str, Any], n_elements: int, n_latents: int) -> None:
+        super().__init__(cfg, n_elements, n_latents)
+        self.weight = number("kl.beta", self.cfg["beta"], 0.0)
+
+    def base_beta_eff(self) -> float:
+        return beta_eff_from(self.weight, self.reduction, self.n_elements, self.n_latents, False)
+
+
+@WEIGHTINGS.register("beta_norm")
+class BetaNorm(KLWeighting):
+    """Higgins et al. 2017, App. A.6: beta_norm = beta·M/N, so beta_eff = beta_norm·N/M."""
+
+    keys = {"beta_norm": 0.1}
+
+    def __init__(self, cfg: Mapping[str, Any], n_elements: int, n_latents: int) -> None:
+        super().__init__(cfg, n_elements, n_latents)
+        self.weight = number("kl.beta_norm", self.cfg["beta_norm"], 0.0)
+
+    def base_beta_eff(self) -> float:
+        return beta_eff_from(self.weight, self.reduction, self.n_elements, self.n_latents, True)
+
+
+def build_weighting(cfg: Mapping[str, Any], n_elements: int, n_latents: int) -> KLWeighting:
+    return WEIGHTINGS.build(cfg["name"], cfg, n_elements, n_latents)

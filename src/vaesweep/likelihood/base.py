@@ -1,0 +1,65 @@
+"""The likelihood-head interface: a head turns decoder outputs into a per-element NLL.
+
+Heads never reduce: they return −log p(x_i | z) for every element i, shaped like x. The one
+place that sums or averages is :func:`vaesweep.kl.loss.assemble`.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from vaesweep.errors import ConfigError, number
+from vaesweep.registry import Registry
+
+HEADS = Registry("likelihood head", "likelihood.name")
+
+
+class LikelihoodHead(nn.Module):
+    """Base class of the heads registered in :data:`HEADS`.
+
+    ``shape`` is the image shape (C, H, W); ``params`` are the head's config keys besides
+    ``name``. Subclasses declare the keys they accept in ``keys`` (name -> default).
+    """
+
+    keys: Mapping[str, Any] = {}
+    #: decoder output channels per image channel (2 when the decoder also predicts a scale)
+    channels_per_image_channel: int = 1
+
+    def __init__(self, shape: tuple[int, int, int], **params: Any) -> None:
+        super().__init__()
+        unknown = sorted(set(params) - set(self.keys))
+        if unknown:
+            raise ConfigError(f"likelihood.{unknown[0]}", params[unknown[0]],
+                              f"a key of this head: {sorted(self.keys) or 'none'}")
+        self.shape = tuple(shape)
+        self.params = {**self.keys, **params}
+
+    def decoder_channels(self) -> int:
+        return self.shape[0] * self.channels_per_image_channel
+
+    def nll(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Per-element −log p(x|z), shaped like ``x``."""
+        raise NotImplementedError
+
+    def mean(self, out: torch.Tensor) -> torch.Tensor:
+        """The image to show: the mean of p(x|z)."""
+        raise NotImplementedError
+
+    def distribution(self, out: torch.Tensor) -> torch.distributions.Distribution:
+        """The same p(x|z) as a ``torch.distributions`` object (the tests' reference)."""
+        raise NotImplementedError
+
+    def sigma(self) -> torch.Tensor | None:
+        """The head's current σ or scale where it has one (logged as ``val/sigma``)."""
+        return None
+
+    def implied_sigma(self, beta_eff: float) -> float | None:
+        """σ of a fixed-Gaussian run with beta_eff = 1 equivalent to this one (DESIGN §1)."""
+        return None
+
+
+def positive(key: str, value: Any) -> float:
+    """A finite positive float, or a ConfigError naming ``key``."""
+    return number(key, value, 0.0, lo_open=True)

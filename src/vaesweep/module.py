@@ -1,0 +1,125 @@
+"""The LightningModule: encoder, decoder, likelihood head and KL weighting, wired per DESIGN §1.
+
+Every run trains on ``scale · mean_batch[D + beta_eff·R]`` and logs D, R, the ELBO and
+beta_eff under ``train/*`` and ``val/*`` (DESIGN §4).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import lightning as L
+import torch
+
+from vaesweep.kl import LossTerms, build_weighting, kl_per_dim
+from vaesweep.likelihood import build_head
+from vaesweep.nn import build_model
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+
+
+class VAEModule(L.LightningModule):
+    """A VAE on images of ``shape`` (C, H, W) configured by the plain-dict config ``cfg``
+    (the keys ``model``, ``likelihood``, ``kl`` and ``optim`` of the Hydra config)."""
+
+    def __init__(self, cfg: Mapping[str, Any], shape: tuple[int, int, int]) -> None:
+        super().__init__()
+        # a plain container, so checkpoints reload under torch.load(weights_only=True)
+        self.save_hyperparameters({"cfg": dict(cfg), "shape": list(shape)}, logger=False)
+        self.shape = tuple(shape)
+        self.n_elements = math.prod(self.shape)
+        self.head = build_head(cfg["likelihood"], self.shape)
+        self.encoder, self.decoder = build_model(cfg["model"], self.shape,
+                                                 self.head.decoder_channels())
+        self.latent_dim = int(cfg["model"].get("latent_dim", 10))
+        self.kl = build_weighting(cfg["kl"], self.n_elements, self.latent_dim)
+        self.optim_cfg = dict(cfg.get("optim") or {"name": "adam", "lr": 1e-3})
+        self._val_mu: list[torch.Tensor] = []
+        self._val_kl: list[torch.Tensor] = []
+        self._beta_trace: list[tuple[int, float]] = []
+
+    # -- the model, usable without a Trainer --------------------------------------------
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encoder(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z)
+
+    def represent(self, x: torch.Tensor) -> torch.Tensor:
+        """The posterior mean, the representation the metrics score."""
+        return self.encoder(x)[0]
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """The head's mean image for the posterior mean of ``x``."""
+        return self.head.mean(self.decoder(self.represent(x)))
+
+    def log_likelihood(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """log p(x|z) per example (= −distortion)."""
+        return -self.head.nll(self.decoder(z), x).flatten(1).sum(1)
+
+    def terms(self, x: torch.Tensor) -> tuple[LossTerms, torch.Tensor]:
+        mu, logvar = self.encoder(x)
+        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+        nll = self.head.nll(self.decoder(z), x)
+        return self.kl(nll, kl_per_dim(mu, logvar)), mu
+
+    # -- training -------------------------------------------------------------------------
+    def training_step(self, x: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        t, _ = self.terms(x)
+        self.kl.observe(t)
+        self._beta_trace.append((self.global_step, t.beta_eff))
+        self._log_terms("train", t, on_step=True)
+        return t.loss
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        self.kl.advance()  # schedules and controllers step on optimiser steps only
+
+    def validation_step(self, x: torch.Tensor, batch_idx: int) -> None:
+        t, mu = self.terms(x)
+        self._val_mu.append(mu.detach())
+        self._val_kl.append(t.kl_per_dim.detach().sum(0))
+        self._log_terms("val", t, on_step=False)
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_mu:
+            return
+        mu = torch.cat(self._val_mu)
+        n = mu.shape[0]
+        kl_dim = torch.stack(self._val_kl).sum(0) / n
+        self._val_mu.clear(), self._val_kl.clear()
+        # Burda et al. 2016: unit u is active when Cov_x(E_q[z_u|x]) > 0.01
+        metrics = {"val/active_units": float((mu.var(0) > 0.01).sum()) if n > 1 else 0.0}
+        metrics.update({f"val/kl_dim_{j}": float(v) for j, v in enumerate(kl_dim)})
+        sigma = self.head.sigma()
+        if sigma is not None:
+            metrics["val/sigma"] = float(sigma.detach().float().mean())
+        implied = self.head.implied_sigma(self.kl.beta_eff())
+        if implied is not None:
+            metrics["val/implied_sigma"] = implied
+        self.log_dict(metrics)
+
+    def test_step(self, x: torch.Tensor, batch_idx: int) -> None:
+        t, _ = self.terms(x)
+        self._log_terms("test", t, on_step=False)
+
+    def _log_terms(self, stage: str, t: LossTerms, on_step: bool) -> None:
+        b = t.distortion.shape[0]
+        values = {f"{stage}/loss": t.loss.detach(), f"{stage}/distortion": t.distortion.detach().mean(),
+                  f"{stage}/rate": t.rate.detach().mean(), f"{stage}/elbo": t.elbo.detach().mean()}
+        if stage != "train":
+            values[f"{stage}/beta_eff"] = torch.tensor(t.beta_eff)
+        self.log_dict(values, on_step=on_step, on_epoch=not on_step, batch_size=b,
+                      prog_bar=False)
+        if stage == "train":
+            self.log("loss", values["train/loss"], prog_bar=True, logger=False, batch_size=b)
+
+    def pop_beta_trace(self) -> list[tuple[int, float]]:
+        """The beta_eff of every optimiser step since the last call (logged in batches)."""
+        trace, self._beta_trace = self._beta_trace, []
+        return trace
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        cfg = dict(self.optim_cfg)
+        cls = OPTIMIZERS[cfg.pop("name")]
+        return cls(self.parameters(), **cfg)

@@ -1,0 +1,116 @@
+"""Encoders and decoders (``model=``), registered by name.
+
+A model builder takes the image shape (C, H, W), the latent size M and the number of
+decoder output channels (set by the likelihood head) and returns ``(encoder, decoder)``:
+``encoder(x) -> (mu, logvar)`` and ``decoder(z) -> head parameters (B, out_channels, H, W)``.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from vaesweep.errors import ConfigError, number
+from vaesweep.registry import Registry
+
+MODELS = Registry("model", "model.name")
+
+
+class Encoder(nn.Module):
+    """A feature trunk followed by one linear layer giving (mu, logvar)."""
+
+    def __init__(self, trunk: nn.Module, features: int, latent_dim: int) -> None:
+        super().__init__()
+        self.trunk, self.head = trunk, nn.Linear(features, 2 * latent_dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.head(self.trunk(x)).chunk(2, dim=1)
+        return mu, logvar
+
+
+def _check_shape(name: str, shape: Sequence[int], ok: bool, allowed: str) -> None:
+    if not ok:
+        raise ConfigError("model.name", name, allowed,
+                          f"the data gives images of shape {tuple(shape)} (C, H, W); "
+                          "choose a model for that size or another data=")
+
+
+@MODELS.register("conv64")
+def conv64(shape: Sequence[int], latent_dim: int, out_channels: int,
+           channels: int = 32, hidden: int = 256) -> tuple[nn.Module, nn.Module]:
+    """Burgess et al. 2018 (App. A.1): 4 conv layers of 32 channels, 4x4 stride 2, then two
+    FC layers of 256; the decoder mirrors it with transposed convolutions. 64x64 images."""
+    c, h, w = shape
+    _check_shape("conv64", shape, (h, w) == (64, 64), "a model for this image size: conv64 takes "
+                 "64x64 images only (conv28 takes 28x28 or 32x32, mlp any size)")
+    k = dict(kernel_size=4, stride=2, padding=1)
+    trunk = nn.Sequential(
+        nn.Conv2d(c, channels, **k), nn.ReLU(),
+        nn.Conv2d(channels, channels, **k), nn.ReLU(),
+        nn.Conv2d(channels, channels, **k), nn.ReLU(),
+        nn.Conv2d(channels, channels, **k), nn.ReLU(),
+        nn.Flatten(), nn.Linear(channels * 16, hidden), nn.ReLU(),
+        nn.Linear(hidden, hidden), nn.ReLU())
+    decoder = nn.Sequential(
+        nn.Linear(latent_dim, hidden), nn.ReLU(),
+        nn.Linear(hidden, hidden), nn.ReLU(),
+        nn.Linear(hidden, channels * 16), nn.ReLU(),
+        nn.Unflatten(1, (channels, 4, 4)),
+        nn.ConvTranspose2d(channels, channels, **k), nn.ReLU(),
+        nn.ConvTranspose2d(channels, channels, **k), nn.ReLU(),
+        nn.ConvTranspose2d(channels, channels, **k), nn.ReLU(),
+        nn.ConvTranspose2d(channels, out_channels, **k))
+    return Encoder(trunk, hidden, latent_dim), decoder
+
+
+@MODELS.register("conv28")
+def conv28(shape: Sequence[int], latent_dim: int, out_channels: int,
+           channels: Sequence[int] = (32, 64), hidden: int = 256) -> tuple[nn.Module, nn.Module]:
+    """Two 4x4 stride-2 conv layers and an FC layer, for 28x28 (MNIST) and 32x32 (CIFAR)."""
+    c, h, w = shape
+    _check_shape("conv28", shape, (h, w) in ((28, 28), (32, 32)),
+                 "a model for this image size: conv28 takes "
+                 "28x28 or 32x32 images only (conv64 takes 64x64, mlp any size)")
+    c1, c2 = channels
+    s = h // 4
+    k = dict(kernel_size=4, stride=2, padding=1)
+    trunk = nn.Sequential(
+        nn.Conv2d(c, c1, **k), nn.ReLU(), nn.Conv2d(c1, c2, **k), nn.ReLU(),
+        nn.Flatten(), nn.Linear(c2 * s * s, hidden), nn.ReLU())
+    decoder = nn.Sequential(
+        nn.Linear(latent_dim, hidden), nn.ReLU(), nn.Linear(hidden, c2 * s * s), nn.ReLU(),
+        nn.Unflatten(1, (c2, s, s)),
+        nn.ConvTranspose2d(c2, c1, **k), nn.ReLU(), nn.ConvTranspose2d(c1, out_channels, **k))
+    return Encoder(trunk, hidden, latent_dim), decoder
+
+
+@MODELS.register("mlp")
+def mlp(shape: Sequence[int], latent_dim: int, out_channels: int,
+        hidden: Sequence[int] = (512, 256)) -> tuple[nn.Module, nn.Module]:
+    """Fully connected encoder and decoder, for any image size."""
+    c, h, w = shape
+    n_in, layers = c * h * w, [nn.Flatten()]
+    for a, b in zip([n_in, *hidden[:-1]], hidden):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    dec: list[nn.Module] = []
+    rev = list(reversed(hidden))
+    for a, b in zip([latent_dim, *rev[:-1]], rev):
+        dec += [nn.Linear(a, b), nn.ReLU()]
+    dec += [nn.Linear(rev[-1], out_channels * h * w), nn.Unflatten(1, (out_channels, h, w))]
+    return Encoder(nn.Sequential(*layers), hidden[-1], latent_dim), nn.Sequential(*dec)
+
+
+def build_model(cfg: Mapping[str, Any], shape: Sequence[int],
+                out_channels: int) -> tuple[nn.Module, nn.Module]:
+    cfg = dict(cfg)
+    name = cfg.pop("name")
+    latent_dim = number("model.latent_dim", cfg.pop("latent_dim", 10), 1, integer=True)
+    builder = MODELS.get(name)
+    accepted = set(inspect.signature(builder).parameters) - {"shape", "latent_dim", "out_channels"}
+    unknown = sorted(set(cfg) - accepted)
+    if unknown:
+        raise ConfigError(f"model.{unknown[0]}", cfg[unknown[0]],
+                          f"a key of model {name}: {sorted(accepted)}")
+    return builder(tuple(shape), latent_dim, out_channels, **cfg)

@@ -1,0 +1,69 @@
+"""Pictures of one model: reconstructions, latent traversals, KL per dimension.
+
+Plain functions of arrays returning matplotlib figures, shared by the training job's MLflow
+artifacts, the report and the notebook.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+
+def _to_hwc(img: np.ndarray) -> np.ndarray:
+    img = np.clip(np.asarray(img, dtype=np.float32), 0, 1)
+    return img[0] if img.shape[0] == 1 else np.transpose(img, (1, 2, 0))
+
+
+def image_grid(rows: Sequence[np.ndarray], row_labels: Sequence[str] | None = None,
+               title: str | None = None, cell: float = 1.0) -> Figure:
+    """A grid of images: ``rows`` is a list of arrays shaped (n, C, H, W)."""
+    n_rows, n_cols = len(rows), max(len(r) for r in rows)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(cell * n_cols + 0.8, cell * n_rows + 0.4),
+                             squeeze=False)
+    for i, row in enumerate(rows):
+        for j in range(n_cols):
+            ax = axes[i, j]
+            ax.set_xticks([]), ax.set_yticks([])
+            if j < len(row):
+                ax.imshow(_to_hwc(row[j]), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            else:
+                ax.axis("off")
+        if row_labels:
+            axes[i, 0].set_ylabel(row_labels[i], rotation=0, ha="right", va="center", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def reconstructions_figure(x: np.ndarray, x_hat: np.ndarray) -> Figure:
+    """Inputs above their reconstructions (the head's mean image)."""
+    return image_grid([x, x_hat], ["input", "recon."], "reconstructions")
+
+
+def traversals_figure(rows: np.ndarray, kl_per_dim: np.ndarray | None = None) -> Figure:
+    """``rows`` (M, steps, C, H, W): decoding with one latent swept, the others at a seed's
+    posterior mean; rows labelled by dimension and its KL (most informative first)."""
+    labels = [f"z{j}" + (f" {kl_per_dim[j]:.2f}" if kl_per_dim is not None else "")
+              for j in range(len(rows))]
+    order = np.argsort(-kl_per_dim) if kl_per_dim is not None else np.arange(len(rows))
+    return image_grid([rows[j] for j in order], [labels[j] for j in order],
+                      "latent traversals (row: dimension, KL nats)", cell=0.8)
+
+
+def kl_per_dim_figure(kl_per_dim: np.ndarray, threshold: float = 0.01) -> Figure:
+    """Bar chart of the mean KL of each latent dimension (nats)."""
+    fig, ax = plt.subplots(figsize=(max(4, 0.45 * len(kl_per_dim) + 1), 3))
+    colors = ["tab:blue" if v > threshold else "tab:gray" for v in kl_per_dim]
+    ax.bar(np.arange(len(kl_per_dim)), kl_per_dim, color=colors)
+    ax.set_xlabel("latent dimension"), ax.set_ylabel("KL (nats)")
+    ax.set_xticks(np.arange(len(kl_per_dim)))
+    ax.set_title("KL per dimension (grey: collapsed)")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,188 @@
+"""One training job: validate the config, build data and model, train, test, evaluate, and
+record everything in one MLflow run. Returns the metrics; the CLI returns the objectives."""
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
+
+from vaesweep.errors import ConfigError, number
+from vaesweep.module import OPTIMIZERS, VAEModule
+from vaesweep.names import METRIC_NAMES, is_metric_name
+from vaesweep.tracking import TAG_COMMIT, TrackedRun, flatten, git_commit
+from vaesweep.tracking.plots import kl_per_dim_figure, reconstructions_figure, traversals_figure
+
+log = logging.getLogger(__name__)
+
+
+# -- config checks that belong to the job (the parts check their own keys) ------------------
+def resolve(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """The resolved config as plain containers; a missing mandatory value is a ConfigError."""
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.create(dict(cfg))
+    try:
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # type: ignore
+    except MissingMandatoryValue as e:
+        raise ConfigError(str(e.full_key), "???", "a value (this key has no default)") from None
+    except InterpolationResolutionError as e:
+        raise ConfigError(str(getattr(e, "full_key", "?")), "interpolation", str(e)) from None
+
+
+def check_job(c: Mapping[str, Any]) -> None:
+    number("seed", c.get("seed", 0), 0, 2**32 - 1, integer=True)
+    objective = c.get("objective") or []
+    if isinstance(objective, str):
+        objective = [objective]
+    for name in objective:
+        if not is_metric_name(name):
+            raise ConfigError("objective", name, "metric names of DESIGN §4: " + ", ".join(METRIC_NAMES))
+    accepted = set(inspect.signature(L.Trainer.__init__).parameters) - {"self"}
+    for key in c.get("trainer", {}):
+        if key not in accepted:
+            raise ConfigError(f"trainer.{key}", c["trainer"][key], "a lightning.Trainer argument")
+    optim = c.get("optim") or {}
+    if optim.get("name") not in OPTIMIZERS:
+        raise ConfigError("optim.name", optim.get("name"), sorted(OPTIMIZERS))
+    number("optim.lr", optim.get("lr", 1e-3), 0.0, lo_open=True)
+    number("data.batch_size", c["data"].get("batch_size", 64), 1, integer=True)
+    uri = str(c["tracking"]["uri"])
+    if "://" not in uri and not uri.startswith("databricks"):
+        raise ConfigError("tracking.uri", uri, "an MLflow tracking URI such as sqlite:///mlflow.db, "
+                          "postgresql://..., http://host:port")
+
+
+def objectives(c: Mapping[str, Any], metrics: Mapping[str, float]) -> float | list[float]:
+    """The values named in ``objective`` (one float, or a list for several)."""
+    names = c.get("objective") or []
+    names = [names] if isinstance(names, str) else list(names)
+    values = [float(metrics.get(n, float("nan"))) for n in names]
+    return values[0] if len(values) == 1 else values
+
+
+# -- callbacks ------------------------------------------------------------------------------
+class BetaTrace(Callback):
+    """Logs ``train/beta_eff`` at every optimiser step, written to MLflow in batches."""
+
+    def __init__(self, run: TrackedRun, every: int) -> None:
+        self.run, self.every = run, max(1, every)
+
+    def flush(self, module: VAEModule) -> None:
+        trace = module.pop_beta_trace()
+        if trace:
+            self.run.log_metric_series([("train/beta_eff", b, s) for s, b in trace])
+
+    def on_train_batch_end(self, trainer, module, *args: Any) -> None:
+        if trainer.global_step % self.every == 0:
+            self.flush(module)
+
+    def on_train_end(self, trainer, module) -> None:
+        self.flush(module)
+
+
+class Throughput(Callback):
+    """Training images per second, timing optimiser steps only (not validation)."""
+
+    def __init__(self) -> None:
+        self.images, self.seconds, self._t0 = 0, 0.0, 0.0
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        self.seconds += time.perf_counter() - self._t0
+        self.images += batch.shape[0]
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else float("nan")
+
+
+# -- pictures -------------------------------------------------------------------------------
+@torch.no_grad()
+def log_pictures(run: TrackedRun, module: VAEModule, x: torch.Tensor,
+                 kl_dim: np.ndarray) -> None:
+    module.eval()
+    x_hat = module.reconstruct(x)
+    fig = reconstructions_figure(x.cpu().numpy(), x_hat.float().cpu().numpy())
+    run.log_figure(fig, "reconstructions.png")
+    mu = module.represent(x[:1])
+    values = torch.linspace(-2.5, 2.5, 9, device=mu.device)
+    z = mu.repeat(module.latent_dim * len(values), 1).view(module.latent_dim, len(values), -1)
+    for j in range(module.latent_dim):
+        z[j, :, j] = values
+    imgs = module.head.mean(module.decode(z.flatten(0, 1))).float().cpu().numpy()
+    rows = imgs.reshape(module.latent_dim, len(values), *imgs.shape[1:])
+    run.log_figure(traversals_figure(rows, kl_dim), "traversals.png")
+    run.log_figure(kl_per_dim_figure(kl_dim), "kl_per_dim.png")
+    import matplotlib.pyplot as plt
+    plt.close("all")
+
+
+def output_dir() -> Path:
+    from hydra.core.hydra_config import HydraConfig
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return Path.cwd() / "outputs" / time.strftime("%Y-%m-%d_%H-%M-%S")
+
+
+# -- the job --------------------------------------------------------------------------------
+def run_job(cfg: DictConfig | Mapping[str, Any], tags: Mapping[str, str] | None = None,
+            run_id: str | None = None) -> dict[str, float]:
+    """Train, test and evaluate one VAE; returns every final metric by its DESIGN §4 name."""
+    from vaesweep.data import VAEDataModule
+    from vaesweep.metrics.evaluate import evaluate_model
+
+    c = resolve(cfg)
+    check_job(c)
+    L.seed_everything(int(c.get("seed", 0)), workers=True, verbose=False)
+    dm = VAEDataModule(c["data"])
+    module = VAEModule(c, dm.imageset.shape)
+    out = output_dir()
+    trainer_cfg = dict(c["trainer"])
+    ckpt_path = c.get("ckpt_path")
+
+    tags = {TAG_COMMIT: git_commit(), **(tags or {})}
+    with TrackedRun(c["tracking"]["uri"], c["tracking"]["experiment"],
+                    c["tracking"].get("run_name"), tags=tags, run_id=run_id) as run:
+        log.info("MLflow run %s (%s)", run.run_id, c["tracking"]["uri"])
+        run.log_params(flatten({k: v for k, v in c.items() if k != "hydra"}))
+        run.log_text(OmegaConf.to_yaml(OmegaConf.create(c)), "config.yaml")
+        from lightning.pytorch.loggers import MLFlowLogger
+        logger = MLFlowLogger(tracking_uri=c["tracking"]["uri"], run_id=run.run_id,
+                              experiment_name=c["tracking"]["experiment"])
+        speed = Throughput()
+        ckpt = ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0)
+        callbacks = [speed, ckpt, BetaTrace(run, trainer_cfg.get("log_every_n_steps", 50))]
+        trainer = L.Trainer(**trainer_cfg, logger=logger, callbacks=callbacks,
+                            default_root_dir=str(out))
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if "/" in k}
+        test = trainer.test(module, datamodule=dm, verbose=False)
+        metrics.update({k: float(v) for k, v in (test[0] if test else {}).items()})
+        if c.get("metrics", {}).get("enabled", True):
+            evaluated = evaluate_model(module, dm.imageset, dm.test_idx, c.get("metrics", {}),
+                                       int(c.get("seed", 0)))
+            metrics.update(evaluated)
+        metrics["system/images_per_second"] = speed.images_per_second
+        run.log_metrics({k: v for k, v in metrics.items()
+                         if k.startswith(("test/", "system/")) and math.isfinite(v)},
+                        step=trainer.global_step)
+        x = dm.imageset.batch(dm.test_idx[: c["tracking"].get("n_images", 8)]).to(module.device)
+        kl_dim = np.array([metrics.get(f"val/kl_dim_{j}", 0.0) for j in range(module.latent_dim)])
+        log_pictures(run, module, x, kl_dim)
+        final = out / "checkpoints" / "final.ckpt"
+        trainer.save_checkpoint(final)
+        if c["tracking"].get("log_checkpoint", True):
+            run.log_artifact(final, "checkpoints")
+        metrics["_run_id"] = run.run_id  # type: ignore[assignment]
+    return metrics
