@@ -44,3 +44,12 @@ def run_cli(args: Sequence[str], cwd: Path, timeout: float = 600,
 
 # small, fast settings every end-to-end test shares
 SMOKE = ["trainer=smoke", "data=dsprites", "data.subset=512", "data.batch_size=32"]
+
+
+def search_runs(uri: str, experiment: str = "vaesweep"):
+    """All runs of ``experiment`` in the tracking store ``uri`` (list of mlflow Run)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    return [] if exp is None else client.search_runs([exp.experiment_id], max_results=10000)

@@ -16,12 +16,26 @@ _REPO = Path(__file__).resolve().parents[2]
 CONF_DIR = Path(os.environ.get("VAESWEEP_CONF_DIR", _REPO / "conf"))
 
 
+def _quiet_lightning() -> None:
+    """Lightning adds its own console handler; Hydra's root handler already prints its
+    records, so drop the duplicate (and the advertising tip)."""
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).handlers.clear()
+
+    class NoTips(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "Tip:" not in record.getMessage()
+
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(NoTips())
+
+
 def _task(cfg: Any) -> Any:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     from vaesweep.train import objectives, run_job
 
+    _quiet_lightning()
     try:
         metrics = run_job(cfg)
     except VaesweepError as e:
@@ -35,6 +49,8 @@ def _task(cfg: Any) -> Any:
 def hydra_main() -> Any:
     import hydra
 
+    import vaesweep.resolvers  # noqa: F401  (resolvers used by the configs)
+
     if not (CONF_DIR / "config.yaml").is_file():
         print(f"vaesweep: error: no config folder at {CONF_DIR} (set VAESWEEP_CONF_DIR)",
               file=sys.stderr)
@@ -42,7 +58,11 @@ def hydra_main() -> Any:
     return hydra.main(config_path=str(CONF_DIR), config_name="config")(_task)()
 
 
-SUBCOMMANDS: dict[str, str] = {}
+SUBCOMMANDS: dict[str, str] = {
+    "best": "vaesweep.sweep.best:best_main",
+    "reproduce": "vaesweep.sweep.best:reproduce_main",
+    "report": "vaesweep.report.cli:report_main",
+}
 
 
 def main(argv: list[str] | None = None) -> Any:

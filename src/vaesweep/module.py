@@ -66,6 +66,12 @@ class VAEModule(L.LightningModule):
     # -- training -------------------------------------------------------------------------
     def training_step(self, x: torch.Tensor, batch_idx: int) -> torch.Tensor:
         t, _ = self.terms(x)
+        if not torch.isfinite(t.loss):
+            # stop at once: a NaN/inf loss only poisons the weights from here on
+            raise FloatingPointError(
+                f"non-finite loss at step {self.global_step}: loss={float(t.loss)}, "
+                f"distortion={float(t.distortion.mean())}, rate={float(t.rate.mean())}, "
+                f"beta_eff={t.beta_eff}")
         self.kl.observe(t)
         self._beta_trace.append((self.global_step, t.beta_eff))
         self._log_terms("train", t, on_step=True)

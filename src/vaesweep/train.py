@@ -16,10 +16,12 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
+import vaesweep.resolvers  # noqa: F401  (resolvers the configs use)
 from vaesweep.errors import ConfigError, number
 from vaesweep.module import OPTIMIZERS, VAEModule
 from vaesweep.names import METRIC_NAMES, is_metric_name
-from vaesweep.tracking import TAG_COMMIT, TrackedRun, flatten, git_commit
+from vaesweep.tracking import (TAG_COMMIT, TAG_PARENT, TAG_SWEEP, TAG_TRIAL, TrackedRun,
+                               flatten, git_commit)
 from vaesweep.tracking.plots import kl_per_dim_figure, reconstructions_figure, traversals_figure
 
 log = logging.getLogger(__name__)
@@ -128,6 +130,39 @@ def log_pictures(run: TrackedRun, module: VAEModule, x: torch.Tensor,
     plt.close("all")
 
 
+#: config keys that differ per job of a sweep: tags, not params
+PER_JOB = ("study.trial", "study.parent_run_id")
+
+
+def job_tags(study: Mapping[str, Any]) -> dict[str, str]:
+    """MLflow tags linking a job to its sweep (DESIGN §4)."""
+    from hydra.core.hydra_config import HydraConfig
+    tags: dict[str, Any] = {}
+    if study.get("name"):
+        tags[TAG_SWEEP] = study["name"]
+    if study.get("parent_run_id"):
+        tags[TAG_PARENT] = study["parent_run_id"]
+    trial = study.get("trial")
+    if HydraConfig.initialized():
+        hc = HydraConfig.get()
+        tags["vaesweep.overrides"] = " ".join(hc.overrides.task)[:5000]
+        if trial is None and hc.mode.name == "MULTIRUN":
+            trial = hc.job.num
+        if not study.get("name") and hc.runtime.choices.get("sweep"):
+            tags[TAG_SWEEP] = hc.runtime.choices.get("sweep")
+    if trial is not None:
+        tags[TAG_TRIAL] = str(trial)
+    return {k: str(v) for k, v in tags.items()}
+
+
+def sweeper_setting(key: str) -> Any:
+    from hydra.core.hydra_config import HydraConfig
+    if not HydraConfig.initialized():
+        return None
+    sweeper = HydraConfig.get().sweeper
+    return OmegaConf.to_container(sweeper[key], resolve=True) if sweeper.get(key) else None
+
+
 def output_dir() -> Path:
     from hydra.core.hydra_config import HydraConfig
     if HydraConfig.initialized():
@@ -140,7 +175,6 @@ def run_job(cfg: DictConfig | Mapping[str, Any], tags: Mapping[str, str] | None 
             run_id: str | None = None) -> dict[str, float]:
     """Train, test and evaluate one VAE; returns every final metric by its DESIGN §4 name."""
     from vaesweep.data import VAEDataModule
-    from vaesweep.metrics.evaluate import evaluate_model
 
     c = resolve(cfg)
     check_job(c)
@@ -151,25 +185,38 @@ def run_job(cfg: DictConfig | Mapping[str, Any], tags: Mapping[str, str] | None 
     trainer_cfg = dict(c["trainer"])
     ckpt_path = c.get("ckpt_path")
 
-    tags = {TAG_COMMIT: git_commit(), **(tags or {})}
+    study = dict(c.get("study") or {})
+    tags = {TAG_COMMIT: git_commit(), **job_tags(study), **(tags or {})}
+    callbacks: list[Callback] = []
+    trial = None
+    if study.get("trial") is not None:
+        from vaesweep.sweep.trial import OptunaPruning, open_trial
+        trial = open_trial(study, sweeper_setting("pruner"))
+        monitor = study.get("prune_on") or next(
+            (o for o in c.get("objective") or [] if str(o).startswith("val/")), "val/loss")
+        if sweeper_setting("pruner"):
+            callbacks.append(OptunaPruning(trial, monitor))
     with TrackedRun(c["tracking"]["uri"], c["tracking"]["experiment"],
                     c["tracking"].get("run_name"), tags=tags, run_id=run_id) as run:
         log.info("MLflow run %s (%s)", run.run_id, c["tracking"]["uri"])
-        run.log_params(flatten({k: v for k, v in c.items() if k != "hydra"}))
+        if trial is not None:
+            trial.set_user_attr("mlflow_run_id", run.run_id)
+        run.log_params({k: v for k, v in flatten(c).items() if k not in PER_JOB})
         run.log_text(OmegaConf.to_yaml(OmegaConf.create(c)), "config.yaml")
         from lightning.pytorch.loggers import MLFlowLogger
         logger = MLFlowLogger(tracking_uri=c["tracking"]["uri"], run_id=run.run_id,
                               experiment_name=c["tracking"]["experiment"])
         speed = Throughput()
         ckpt = ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0)
-        callbacks = [speed, ckpt, BetaTrace(run, trainer_cfg.get("log_every_n_steps", 50))]
+        callbacks += [speed, ckpt, BetaTrace(run, trainer_cfg.get("log_every_n_steps", 50))]
         trainer = L.Trainer(**trainer_cfg, logger=logger, callbacks=callbacks,
                             default_root_dir=str(out))
-        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if "/" in k}
-        test = trainer.test(module, datamodule=dm, verbose=False)
+        test = trainer.test(module, datamodule=dm, verbose=False, weights_only=True)
         metrics.update({k: float(v) for k, v in (test[0] if test else {}).items()})
         if c.get("metrics", {}).get("enabled", True):
+            from vaesweep.metrics.evaluate import evaluate_model
             evaluated = evaluate_model(module, dm.imageset, dm.test_idx, c.get("metrics", {}),
                                        int(c.get("seed", 0)))
             metrics.update(evaluated)
@@ -181,7 +228,7 @@ def run_job(cfg: DictConfig | Mapping[str, Any], tags: Mapping[str, str] | None 
         kl_dim = np.array([metrics.get(f"val/kl_dim_{j}", 0.0) for j in range(module.latent_dim)])
         log_pictures(run, module, x, kl_dim)
         final = out / "checkpoints" / "final.ckpt"
-        trainer.save_checkpoint(final)
+        trainer.save_checkpoint(final, weights_only=False)  # full state, so it can resume
         if c["tracking"].get("log_checkpoint", True):
             run.log_artifact(final, "checkpoints")
         metrics["_run_id"] = run.run_id  # type: ignore[assignment]

@@ -82,6 +82,9 @@ class TrackedRun:
             signal.signal(signal.SIGTERM, self._old_term)
         if exc_type is None:
             status = "FINISHED"
+        elif exc_type.__name__ == "TrialPruned":  # optuna's: stopped early on purpose
+            status = "KILLED"
+            self.client.set_tag(self.run_id, "vaesweep.state", "PRUNED")
         elif issubclass(exc_type, (KeyboardInterrupt, Interrupted)):
             status = "KILLED"
         else:

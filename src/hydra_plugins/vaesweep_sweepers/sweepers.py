@@ -1,0 +1,319 @@
+"""Hydra sweepers for vaesweep: the Optuna sweeper and Hydra's basic sweeper, extended.
+
+Both keep Hydra's override grammar and launchers. They add one MLflow parent run per sweep
+(every job a child run), and the Optuna one adds what the stock sweeper lacks: resuming a
+study to exactly ``n_trials`` finished trials, recording failed trials (with their reason)
+and going on, stale trials of dead processes marked FAIL, and pruning with Optuna's pruners
+inside multirun (Lightning+Hydra users ask for it: lightning-hydra-template#176).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import socket
+import sys
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import optuna
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweeperConf
+from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from hydra.utils import instantiate
+from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
+from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("vaesweep.sweep")
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+PRUNER_WHITELIST = ("optuna.pruners.*",)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fail_stale_trials(study: optuna.Study) -> list[int]:
+    """RUNNING trials whose sweep process (same host) is gone are marked FAIL with a reason."""
+    host, failed = socket.gethostname(), []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        pid, thost = t.system_attrs.get("vaesweep.pid"), t.system_attrs.get("vaesweep.host")
+        if pid is None or thost != host or pid_alive(int(pid)):
+            continue
+        reason = f"stale: the sweep process {pid} on {thost} died while the trial ran"
+        study._storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)
+        study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        failed.append(t.number)
+    if failed:
+        log.warning("Marked %d stale trial(s) FAIL: %s", len(failed), failed)
+    return failed
+
+
+def objective_names(config: DictConfig) -> list[str]:
+    obj = config.get("objective") or []
+    return [obj] if isinstance(obj, str) else [str(o) for o in obj]
+
+
+class _ParentMixin:
+    """Opens the sweep's MLflow parent run and hands its id to every job."""
+
+    config: DictConfig
+    launcher: Any
+
+    def _wrap_launcher(self) -> None:
+        from vaesweep.sweep.parent import InjectingLauncher
+        self.launcher = InjectingLauncher(self.launcher, [])
+
+    def _open_parent(self, study: str | None, resume: bool):
+        from vaesweep.sweep.parent import open_parent, sweep_settings
+        s = sweep_settings(self.config)
+        self.sweep_name = s["sweep"]
+        parent = open_parent(s["uri"], s["experiment"], s["sweep"], study, resume)
+        self.launcher.extra = [f"study.parent_run_id={parent.run_id}"]
+        return parent
+
+
+# -- Optuna ----------------------------------------------------------------------------------
+class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
+    def __init__(self, *args: Any, pruner: Any = None) -> None:
+        super().__init__(*args)
+        self.pruner = pruner
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
+              config: DictConfig) -> None:
+        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        self._wrap_launcher()
+
+    def sweep(self, arguments: list[str]) -> None:
+        from vaesweep.sweep.parent import sweep_settings
+        study_name = self.study_name or sweep_settings(self.config)["sweep"]
+        self.study_name = study_name
+        directions = self._get_directions()
+        names = objective_names(self.config)
+        if len(names) != len(directions):
+            from vaesweep.errors import ConfigError
+            raise ConfigError("objective", names, f"{len(directions)} metric name(s), one per "
+                              f"direction in hydra.sweeper.direction={directions}")
+        study = self._load_study(directions, names)
+        with self._open_parent(study_name, resume=True) as parent:
+            study.set_user_attr("mlflow_parent_run_id", parent.run_id)
+            self._optimize(study, arguments, directions, names)
+            self._summarise(study, parent, names)
+
+    def _load_study(self, directions: Sequence[str], names: Sequence[str]) -> optuna.Study:
+        from vaesweep.errors import ConfigError
+        try:
+            study = optuna.create_study(study_name=self.study_name, storage=self.storage,
+                                        sampler=self.sampler, pruner=self.pruner,
+                                        directions=list(directions), load_if_exists=True)
+        except (ValueError, ImportError, ModuleNotFoundError) as e:
+            raise ConfigError("hydra.sweeper.storage", self.storage,
+                              f"an Optuna RDB URL such as sqlite:///optuna.db or "
+                              f"postgresql://user@host/db ({type(e).__name__}: {e})") from None
+        except Exception as e:  # sqlalchemy OperationalError: server down, bad path
+            raise ConfigError("hydra.sweeper.storage", self.storage,
+                              f"a reachable Optuna storage ({type(e).__name__}: {e})") from None
+        stored = [d.name.lower() for d in study.directions]
+        if stored != [d.lower() for d in directions]:
+            raise ConfigError("hydra.sweeper.direction", list(directions),
+                              f"the directions of the existing study {self.study_name!r}: {stored} "
+                              "(use another study.name for new objectives)")
+        old = study.user_attrs.get("objectives")
+        if old is not None and list(old) != list(names):
+            raise ConfigError("objective", list(names),
+                              f"the objectives of the existing study {self.study_name!r}: {old}")
+        if old is None:
+            study.set_user_attr("objectives", list(names))
+        return study
+
+    def _optimize(self, study: optuna.Study, arguments: list[str], directions: Sequence[str],
+                  names: Sequence[str]) -> None:
+        self._process_searchspace_config()
+        params_conf = self._parse_sweeper_params_config() + list(arguments)
+        space, fixed, fixed_overrides = create_params_from_overrides(params_conf)
+        for k in fixed:
+            space.pop(k, None)
+        fail_stale_trials(study)
+        host, pid = socket.gethostname(), os.getpid()
+        failures = 0
+        while True:
+            done = len(study.get_trials(deepcopy=False, states=FINISHED))
+            running = len(study.get_trials(deepcopy=False,
+                                           states=(optuna.trial.TrialState.RUNNING,)))
+            to_go = self.n_trials - done - running
+            if to_go <= 0:
+                break
+            trials = [study.ask() for _ in range(min(to_go, self.n_jobs))]
+            for t in trials:
+                study._storage.set_trial_system_attr(t._trial_id, "vaesweep.pid", pid)
+                study._storage.set_trial_system_attr(t._trial_id, "vaesweep.host", host)
+            overrides = self._configure_trials(trials, space, fixed, fixed_overrides)
+            self.launcher.per_job = [[f"study.trial={t.number}"] for t in trials]
+            returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
+            self.job_idx += len(returns)
+            for trial, ret in zip(trials, returns):
+                failures += not self._tell(study, trial, ret, directions)
+                done = len(study.get_trials(deepcopy=False, states=FINISHED))
+                self._progress(study, trial, done, names)
+            if failures and failures / max(1, self.job_idx) > self.max_failure_rate:
+                raise RuntimeError(f"{failures} of {self.job_idx} trials failed, more than "
+                                   f"hydra.sweeper.max_failure_rate={self.max_failure_rate}")
+
+    def _tell(self, study: optuna.Study, trial: optuna.Trial, ret: Any,
+              directions: Sequence[str]) -> bool:
+        S = optuna.trial.TrialState
+        try:
+            value = ret.return_value  # re-raises the job's exception
+            values = [float(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
+            if len(values) != len(directions):
+                raise ValueError(f"the job returned {len(values)} value(s) for "
+                                 f"{len(directions)} direction(s)")
+            bad = [v for v in values if not math.isfinite(v)]
+            if bad:
+                raise FloatingPointError(f"non-finite objective value(s) {values}")
+        except optuna.TrialPruned as e:
+            study._storage.set_trial_user_attr(trial._trial_id, "pruned_reason", str(e))
+            study.tell(trial, state=S.PRUNED)
+            return True
+        except Exception as e:
+            reason = f"{type(e).__name__}: {e}"[:2000]
+            study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+            study.tell(trial, state=S.FAIL)
+            log.warning("Trial %d failed: %s", trial.number, reason)
+            return False
+        study.tell(trial, values=values)
+        return True
+
+    def _progress(self, study: optuna.Study, trial: optuna.Trial, done: int,
+                  names: Sequence[str]) -> None:
+        t = study._storage.get_trial(trial._trial_id)
+        shown = (", ".join(f"{n}={v:.4g}" for n, v in zip(names, t.values))
+                 if t.values else t.user_attrs.get("fail_reason", t.user_attrs.get("pruned_reason", "")))
+        if len(study.directions) == 1:
+            try:
+                best = f"best so far: trial {study.best_trial.number} {names[0]}={study.best_value:.4g}"
+            except ValueError:
+                best = "no finished trial yet"
+        else:
+            best = f"Pareto set: {len(study.best_trials)} trial(s)"
+        log.info("[%s] trial %d %s (%d of %d finished): %s | %s", study.study_name, t.number,
+                 t.state.name, done, self.n_trials, shown, best)
+
+    def _summarise(self, study: optuna.Study, parent: Any, names: Sequence[str]) -> None:
+        from vaesweep.sweep.best import best_trials, summary_rows
+        rows = summary_rows(study, names)
+        if not rows:
+            return
+        parent.log_text(json.dumps(rows, indent=1, default=str), "best_trials.json")
+        df = study.trials_dataframe()
+        parent.log_text(df.to_csv(index=False), "trials.csv")
+        best = best_trials(study)
+        metrics = {}
+        for i, t in enumerate(best):
+            pre = "best" if len(best) == 1 else f"pareto_{i}"
+            metrics.update({f"{pre}/{n}": v for n, v in zip(names, t.values)})
+        parent.log_metrics(metrics)
+        if len(best) == 1:
+            from mlflow.exceptions import MlflowException
+            params = {f"best.{k}": v for k, v in best[0].params.items()}
+            params["best.trial"] = best[0].number
+            try:
+                parent.log_params(params)
+            except MlflowException:  # params are immutable: a resumed study found a new best
+                for k, v in params.items():
+                    parent.client.set_tag(parent.run_id, f"vaesweep.{k}", str(v))
+        OmegaConf.save(OmegaConf.create({"study": study.study_name, "best": rows}),
+                       f"{self.config.hydra.sweep.dir}/optimization_results.yaml")
+
+
+class VaesweepOptunaSweeper(Sweeper):
+    """``hydra/sweeper=vaesweep_optuna``: hydra-optuna-sweeper's options plus ``pruner``."""
+
+    def __init__(self, sampler: Any, direction: Any, storage: Any, study_name: Any,
+                 n_trials: int, n_jobs: int, max_failure_rate: float,
+                 custom_search_space: Any, params: Any, pruner: Any = None) -> None:
+        sampler = instantiate(sampler, _execution_whitelist_=(
+            "hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*"))
+        pruner = (instantiate(pruner, _execution_whitelist_=PRUNER_WHITELIST)
+                  if pruner else optuna.pruners.NopPruner())
+        self.sweeper = VaesweepOptunaImpl(sampler, direction, storage, study_name, n_trials,
+                                          n_jobs, max_failure_rate, custom_search_space, params,
+                                          pruner=pruner)
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
+              config: DictConfig) -> None:
+        self.sweeper.setup(hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def sweep(self, arguments: list[str]) -> None:
+        return self.sweeper.sweep(arguments)
+
+
+@dataclass
+class VaesweepOptunaConf(OptunaSweeperConf):
+    _target_: str = "hydra_plugins.vaesweep_sweepers.sweepers.VaesweepOptunaSweeper"
+    storage: Any = "sqlite:///optuna.db"
+    n_jobs: int = 1
+    # a failed trial is recorded FAIL with its reason and the study goes on
+    max_failure_rate: float = 1.0
+    # an optuna.pruners class, e.g. {_target_: optuna.pruners.MedianPruner, n_warmup_steps: 200}
+    pruner: Any = None
+
+
+# -- Hydra's basic (grid) sweeper ------------------------------------------------------------
+class VaesweepBasicSweeper(_ParentMixin, BasicSweeper):
+    """``hydra/sweeper=vaesweep_basic``: Hydra's grid sweeper with an MLflow parent run; a
+    failed job is logged and the grid goes on."""
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
+              config: DictConfig) -> None:
+        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        self._wrap_launcher()
+
+    def sweep(self, arguments: list[str]) -> Any:
+        from pathlib import Path
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        overrides = parser.parse_overrides(self._parse_config() + list(arguments))
+        self.overrides = self.split_arguments(overrides, self.max_batch_size)
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        n_jobs = sum(len(b) for b in self.overrides)
+        returns, idx, failed = [], 0, 0
+        with self._open_parent(None, resume=False) as parent:
+            while not self.is_done():
+                batch = self.get_job_batch()
+                self.validate_batch_is_legal(batch)
+                results = self.launcher.launch(batch, initial_job_idx=idx)
+                for r, ov in zip(results, batch):
+                    try:
+                        value = r.return_value
+                        log.info("[%s] job %d of %d: %s -> %s", self.sweep_name, idx + 1,
+                                 n_jobs, " ".join(ov), value)
+                    except Exception as e:
+                        failed += 1
+                        log.warning("[%s] job %d of %d failed (%s): %s: %s", self.sweep_name,
+                                    idx + 1, n_jobs, " ".join(ov), type(e).__name__, e)
+                    idx += 1
+                returns.append(results)
+            parent.log_metrics({"sweep/jobs": idx, "sweep/failed": failed})
+        return returns
+
+
+@dataclass
+class VaesweepBasicConf(BasicSweeperConf):
+    _target_: str = "hydra_plugins.vaesweep_sweepers.sweepers.VaesweepBasicSweeper"
+
+
+cs = ConfigStore.instance()
+cs.store(group="hydra/sweeper", name="vaesweep_optuna", node=VaesweepOptunaConf, provider="vaesweep")
+cs.store(group="hydra/sweeper", name="vaesweep_basic", node=VaesweepBasicConf, provider="vaesweep")

@@ -1,0 +1,1 @@
+"""Sweeps: the MLflow parent run, pruning inside jobs, best-config lookup and reproduction."""

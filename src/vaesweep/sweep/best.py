@@ -1,0 +1,130 @@
+"""``vaesweep best`` and ``vaesweep reproduce``: find a sweep's best configuration and re-run
+it, printing how the new metrics differ from the original run's."""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import optuna
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+
+from vaesweep.errors import ConfigError, VaesweepError
+from vaesweep.tracking import TAG_SWEEP, TAG_TRIAL
+
+DEFAULT_STORAGE = "sqlite:///optuna.db"
+DEFAULT_URI = "sqlite:///mlflow.db"
+
+
+def best_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The best trial, or the Pareto set of a multi-objective study."""
+    try:
+        return [study.best_trial] if len(study.directions) == 1 else list(study.best_trials)
+    except ValueError:
+        return []
+
+
+def summary_rows(study: optuna.Study, names: Sequence[str]) -> list[dict[str, Any]]:
+    return [{"trial": t.number, "values": dict(zip(names, t.values)), "params": t.params,
+             "mlflow_run_id": t.user_attrs.get("mlflow_run_id")} for t in best_trials(study)]
+
+
+def load_study(name: str, storage: str) -> optuna.Study:
+    try:
+        names = optuna.get_all_study_names(storage)
+    except Exception as e:
+        raise ConfigError("--storage", storage, f"a reachable Optuna storage URL ({e})") from None
+    if name not in names:
+        raise ConfigError("sweep", name, names or "a study in this storage (none yet: run "
+                          "`vaesweep -m +sweep=quick` first)")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def run_config(client: MlflowClient, run_id: str) -> Any:
+    """The resolved ``config.yaml`` a run logged."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        try:
+            path = client.download_artifacts(run_id, "config.yaml", d)
+        except Exception as e:
+            raise ConfigError("run", run_id, f"an MLflow run with a config.yaml artifact ({e})") from None
+        return OmegaConf.load(path)
+
+
+def best_main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="vaesweep best", description=(
+        "Print the best trial of a sweep's Optuna study (or its Pareto set), with its MLflow "
+        "run, and write its resolved config as YAML (to re-run: vaesweep reproduce FILE)."))
+    p.add_argument("sweep", help="the sweep / Optuna study name, e.g. quick")
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna storage (default {DEFAULT_STORAGE})")
+    p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI)
+    p.add_argument("--out", default=None, help="where to write the config (default best_<sweep>.yaml)")
+    a = p.parse_args(list(argv))
+    study = load_study(a.sweep, a.storage)
+    names = study.user_attrs.get("objectives") or [f"objective_{i}" for i in range(len(study.directions))]
+    best = best_trials(study)
+    if not best:
+        raise ConfigError("sweep", a.sweep, "a study with at least one COMPLETE trial")
+    client = MlflowClient(tracking_uri=a.tracking_uri)
+    dirs = ", ".join(f"{n} ({d.name.lower()})" for n, d in zip(names, study.directions))
+    print(f"study {study.study_name}: {len(study.trials)} trials; objectives {dirs}")
+    print("best trial:" if len(best) == 1 else f"Pareto set ({len(best)} trials):")
+    for t in best:
+        vals = "  ".join(f"{n}={v:.5g}" for n, v in zip(names, t.values))
+        params = "  ".join(f"{k}={v}" for k, v in t.params.items())
+        print(f"  trial {t.number}: {vals}\n    params: {params}\n"
+              f"    mlflow run: {t.user_attrs.get('mlflow_run_id')}")
+    first = best[0]
+    run_id = first.user_attrs.get("mlflow_run_id")
+    if run_id:
+        cfg = run_config(client, run_id)
+        out = Path(a.out or f"best_{a.sweep}.yaml")
+        OmegaConf.save(cfg, out)
+        print(f"wrote the resolved config of trial {first.number} to {out}"
+              f"\n  re-run it with: vaesweep reproduce {run_id}   (or: vaesweep reproduce {out})")
+    return 0
+
+
+def reproduce_main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="vaesweep reproduce", description=(
+        "Re-run the exact resolved config of an MLflow run (or a config file written by "
+        "`vaesweep best`) and print the metric differences to the original run."))
+    p.add_argument("source", help="an MLflow run id, or a config YAML file")
+    p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI)
+    a = p.parse_args(list(argv))
+    client = MlflowClient(tracking_uri=a.tracking_uri)
+    original: str | None = None
+    if Path(a.source).is_file():
+        cfg = OmegaConf.load(a.source)
+        original = None
+    else:
+        cfg = run_config(client, a.source)
+        original = a.source
+    # the reproduction is a run of its own, outside any sweep
+    cfg.study.trial = None
+    cfg.study.parent_run_id = None
+    cfg.tracking.uri = a.tracking_uri
+    from vaesweep.train import run_job
+    tags = {"vaesweep.reproduces": original or str(a.source)}
+    metrics = run_job(cfg, tags=tags)
+    new_id = metrics.pop("_run_id")
+    if original is None:
+        print(f"reproduction run {new_id} (no original run to compare with)")
+        return 0
+    old = client.get_run(original).data.metrics
+    print(f"reproduction run {new_id} of {original}:")
+    print(f"  {'metric':32s} {'original':>14s} {'reproduced':>14s} {'difference':>12s}")
+    differ = 0
+    for k in sorted(set(old) & set(metrics)):
+        if not k.startswith(("test/", "val/")):
+            continue
+        o, n = old[k], float(metrics[k])
+        d = n - o
+        differ += not (d == 0 or (math.isnan(o) and math.isnan(n)))
+        print(f"  {k:32s} {o:14.6g} {n:14.6g} {d:12.3g}")
+    print("identical" if differ == 0 else f"{differ} metric(s) differ")
+    return 0

@@ -1,0 +1,74 @@
+"""The MLflow side of a sweep: one parent run per sweep, its children linked by tags.
+
+The sweepers wrap their launcher so that every job receives ``study.parent_run_id`` (and,
+under Optuna, ``study.trial``) as overrides; the job tags its run from them. A resumed
+Optuna study continues the parent run it had.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from typing import Any, Mapping, Sequence
+
+from mlflow.tracking import MlflowClient
+
+from vaesweep.tracking import TAG_COMMIT, TAG_SWEEP, TrackedRun, git_commit
+
+log = logging.getLogger(__name__)
+TAG_STUDY, TAG_ROLE = "vaesweep.study", "vaesweep.role"
+
+
+def find_parent(client: MlflowClient, experiment: str, sweep: str, study: str | None) -> str | None:
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    flt = f"tags.`{TAG_ROLE}` = 'parent' and tags.`{TAG_SWEEP}` = '{sweep}'"
+    if study:
+        flt += f" and tags.`{TAG_STUDY}` = '{study}'"
+    runs = client.search_runs([exp.experiment_id], flt, order_by=["attributes.start_time DESC"],
+                              max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def open_parent(uri: str, experiment: str, sweep: str, study: str | None,
+                resume: bool) -> TrackedRun:
+    """The sweep's parent run: the existing one of a resumed study, or a new one."""
+    client = MlflowClient(tracking_uri=uri)
+    run_id = find_parent(client, experiment, sweep, study) if resume else None
+    tags = {TAG_ROLE: "parent", TAG_SWEEP: sweep, TAG_COMMIT: git_commit(),
+            "vaesweep.host": socket.gethostname()}
+    if study:
+        tags[TAG_STUDY] = study
+    run = TrackedRun(uri, experiment, run_name=f"sweep:{sweep}", tags=tags, run_id=run_id)
+    log.info("MLflow parent run %s for sweep %r%s", run.run_id, sweep,
+             " (resumed)" if run_id else "")
+    return run
+
+
+class InjectingLauncher:
+    """Wraps a Hydra launcher, appending per-job overrides (parent run id, trial number)."""
+
+    def __init__(self, launcher: Any, extra: Sequence[str]) -> None:
+        self.launcher, self.extra = launcher, list(extra)
+        self.per_job: list[Sequence[str]] | None = None
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Any:
+        per_job = self.per_job or [[] for _ in job_overrides]
+        self.per_job = None
+        batch = [list(o) + self.extra + list(p) for o, p in zip(job_overrides, per_job)]
+        return self.launcher.launch(batch, initial_job_idx=initial_job_idx)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.launcher, name)
+
+
+def sweep_settings(config: Any) -> Mapping[str, Any]:
+    """Sweep name, study name, tracking URI and experiment from the composed config."""
+    study = config.get("study") or {}
+    choices = config.hydra.runtime.choices
+    name = study.get("name") or choices.get("sweep") or "adhoc"
+    tracking = config.get("tracking") or {}
+    uri = tracking.get("uri") or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    return {"sweep": str(name), "uri": str(uri),
+            "experiment": str(tracking.get("experiment") or "vaesweep")}

@@ -1,0 +1,132 @@
+"""Named studies: each composes; `quick` runs, is killed, resumes, and its best run
+reproduces exactly; two workers share one study without losing or duplicating trials."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import ROOT, compose, run_cli, search_runs
+
+SWEEPS = sorted(p.stem for p in (ROOT / "sweeps").glob("*.yaml"))
+# the quick study on a tiny budget: smoke trainer, a small subset, fast metrics
+# (keys, not `trainer=smoke`: a sweep file's own trainer values override a group choice)
+TINY = ["trainer.max_steps=6", "trainer.val_check_interval=3", "trainer.limit_val_batches=2",
+        "trainer.limit_test_batches=2", "data.subset=384", "data.batch_size=32", "metrics=fast"]
+
+
+def test_the_studies_the_issue_names_exist():
+    assert {"quick", "beta_norm_grid", "reduction_equivalence", "schedules", "likelihoods",
+            "pareto", "locatello_betavae", "keras_scaling"} <= set(SWEEPS)
+
+
+@pytest.mark.parametrize("name", SWEEPS)
+def test_each_named_study_composes_and_resolves(name):
+    import vaesweep.resolvers  # noqa: F401
+    cfg = compose([f"+sweep={name}"])
+    c = OmegaConf.to_container(cfg, resolve=True)
+    assert c["study"]["name"] == name
+    assert c["objective"], "a study names its objectives"
+
+
+@pytest.mark.parametrize("name", SWEEPS)
+def test_each_named_study_prints_with_cfg_job(tmp_path, name):
+    res = run_cli([f"+sweep={name}", "--cfg", "job", "--resolve"], tmp_path, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"name: {name}" in res.stdout
+
+
+def _study(cwd: Path) -> optuna.Study:
+    return optuna.load_study(study_name="quick", storage=f"sqlite:///{cwd}/optuna.db")
+
+
+def _children(cwd: Path):
+    runs = search_runs(f"sqlite:///{cwd}/mlflow.db")
+    return ([r for r in runs if r.data.tags.get("vaesweep.role") != "parent"],
+            [r for r in runs if r.data.tags.get("vaesweep.role") == "parent"])
+
+
+def _env(cwd: Path) -> dict:
+    e = {**os.environ, "VAESWEEP_DATA": str(cwd / "data"), "PYTHONUNBUFFERED": "1"}
+    e.pop("MLFLOW_TRACKING_URI", None)
+    return e
+
+
+@pytest.mark.slow
+def test_quick_runs_is_killed_resumes_then_best_and_reproduce(tmp_path):
+    cmd = [sys.executable, "-m", "vaesweep", "-m", "+sweep=quick", *TINY,
+           "hydra.sweeper.n_trials=4"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # kill -9 once two trials have finished: mid-study, and most likely mid-trial
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            done = [t for t in _study(tmp_path).trials if t.state.is_finished()]
+        except Exception:
+            done = []
+        if len(done) >= 2:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.stderr.read()[-3000:]
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = _study(tmp_path).trials
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in before) < 4
+
+    res = run_cli(["-m", "+sweep=quick", *TINY, "hydra.sweeper.n_trials=4"], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    study = _study(tmp_path)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 4
+    assert all(not t.state == optuna.trial.TrialState.RUNNING for t in study.trials)
+    children, parents = _children(tmp_path)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    pid = parents[0].info.run_id
+    # every finished trial has exactly one MLflow child run, linked to the parent
+    by_trial = {}
+    for r in children:
+        assert r.data.tags["mlflow.parentRunId"] == pid
+        assert r.data.tags["vaesweep.sweep"] == "quick"
+        assert r.info.status != "RUNNING"
+        by_trial.setdefault(int(r.data.tags["vaesweep.trial"]), []).append(r)
+    for t in complete:
+        finished = [r for r in by_trial[t.number] if r.info.status == "FINISHED"]
+        assert len(finished) == 1 and t.user_attrs["mlflow_run_id"] == finished[0].info.run_id
+    assert any(k.startswith("pareto_") or k.startswith("best") for k in parents[0].data.metrics)
+
+    res = run_cli(["best", "quick"], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "Pareto set" in res.stdout and (tmp_path / "best_quick.yaml").is_file()
+    run_id = next(line.split(": ")[1] for line in res.stdout.splitlines()
+                  if line.strip().startswith("mlflow run:"))
+    res = run_cli(["reproduce", run_id.strip()], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.strip().endswith("identical"), res.stdout
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_study_every_trial_once(tmp_path):
+    cmd = [sys.executable, "-m", "vaesweep", "-m", "+sweep=quick", *TINY,
+           "hydra.sweeper.n_trials=4"]
+    procs = [subprocess.Popen(cmd, cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+    study = _study(tmp_path)
+    numbers = [t.number for t in study.trials]
+    assert len(numbers) == len(set(numbers))
+    finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(finished) >= 4
+    children, parents = _children(tmp_path)
+    trials = [int(r.data.tags["vaesweep.trial"]) for r in children]
+    assert sorted(trials) == sorted(t.number for t in study.trials)
+    assert {t.user_attrs["mlflow_run_id"] for t in finished} <= {r.info.run_id for r in children}
