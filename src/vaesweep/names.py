@@ -15,7 +15,7 @@ VAL_METRICS = ("active_units", "sigma", "implied_sigma")
 METRIC_NAMES = tuple(
     [f"{s}/{t}" for s in STAGES for t in TERMS]
     + [f"val/{m}" for m in VAL_METRICS] + [f"test/{m}" for m in TEST_METRICS]
-    + ["system/images_per_second"])
+    + ["system/images_per_second", "system/page_faults_per_step", "system/sys_seconds_per_step"])
 _KL_DIM = re.compile(r"^val/kl_dim_\d+$")
 
 

@@ -14,9 +14,22 @@ def beta_equivalent(reduction: str, b: float, n_elements: int, n_latents: int) -
     return float(b)
 
 
+def steps_at(total: int, fraction: float) -> int:
+    """``fraction`` of a run of ``total`` optimiser steps, as a whole number of steps."""
+    return int(round(int(total) * float(fraction)))
+
+
+def div(a: float, b: float) -> float:
+    return float(a) / float(b)
+
+
+RESOLVERS = {"div": div, "beta_equivalent": beta_equivalent, "steps_at": steps_at}
+
+
 def register() -> None:
-    if not OmegaConf.has_resolver("beta_equivalent"):
-        OmegaConf.register_resolver("beta_equivalent", beta_equivalent)
+    for name, fn in RESOLVERS.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_resolver(name, fn)
 
 
 register()

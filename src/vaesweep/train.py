@@ -7,7 +7,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import lightning as L
 import numpy as np
@@ -92,17 +92,34 @@ class BetaTrace(Callback):
 
 
 class Throughput(Callback):
-    """Training images per second, timing optimiser steps only (not validation)."""
+    """Training images per second: wall time between consecutive optimiser-step ends, so
+    data loading and the loop's own overhead count, validation does not; the first step is
+    warm-up. Also counts minor page faults and system CPU time per step (resource usage of
+    this process over the same steps)."""
 
     def __init__(self) -> None:
-        self.images, self.seconds, self._t0 = 0, 0.0, 0.0
-
-    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
-        self._t0 = time.perf_counter()
+        self.images, self.steps, self.seconds = 0, 0, 0.0
+        self.faults, self.sys_seconds = 0, 0.0
+        self._last: float | None = None
+        self._ru: Any = None
+        self._paused = 0.0
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        self.seconds += time.perf_counter() - self._t0
-        self.images += batch.shape[0]
+        import resource
+        now, ru = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+        if self._last is not None:
+            self.seconds += now - self._last - self._paused
+            self.images += batch.shape[0]
+            self.steps += 1
+            self.faults += ru.ru_minflt - self._ru.ru_minflt
+            self.sys_seconds += ru.ru_stime - self._ru.ru_stime
+        self._last, self._ru, self._paused = now, ru, 0.0
+
+    def on_validation_start(self, trainer, module) -> None:
+        self._v0 = time.perf_counter()
+
+    def on_validation_end(self, trainer, module) -> None:
+        self._paused += time.perf_counter() - self._v0
 
     @property
     def images_per_second(self) -> float:
@@ -172,7 +189,7 @@ def output_dir() -> Path:
 
 # -- the job --------------------------------------------------------------------------------
 def run_job(cfg: DictConfig | Mapping[str, Any], tags: Mapping[str, str] | None = None,
-            run_id: str | None = None) -> dict[str, float]:
+            run_id: str | None = None, extra_callbacks: Sequence[Callback] = ()) -> dict[str, float]:
     """Train, test and evaluate one VAE; returns every final metric by its DESIGN §4 name."""
     from vaesweep.data import VAEDataModule
 
@@ -187,7 +204,7 @@ def run_job(cfg: DictConfig | Mapping[str, Any], tags: Mapping[str, str] | None 
 
     study = dict(c.get("study") or {})
     tags = {TAG_COMMIT: git_commit(), **job_tags(study), **(tags or {})}
-    callbacks: list[Callback] = []
+    callbacks: list[Callback] = list(extra_callbacks)
     trial = None
     if study.get("trial") is not None:
         from vaesweep.sweep.trial import OptunaPruning, open_trial
@@ -221,6 +238,9 @@ def run_job(cfg: DictConfig | Mapping[str, Any], tags: Mapping[str, str] | None 
                                        int(c.get("seed", 0)))
             metrics.update(evaluated)
         metrics["system/images_per_second"] = speed.images_per_second
+        if speed.steps:
+            metrics["system/page_faults_per_step"] = speed.faults / speed.steps
+            metrics["system/sys_seconds_per_step"] = speed.sys_seconds / speed.steps
         run.log_metrics({k: v for k, v in metrics.items()
                          if k.startswith(("test/", "system/")) and math.isfinite(v)},
                         step=trainer.global_step)

@@ -2,6 +2,7 @@
 from vaesweep.kl.loss import LossTerms, assemble, beta_eff_from, gradient_scale, kl_per_dim
 from vaesweep.kl.schedules import SCHEDULES, Schedule, build_schedule
 from vaesweep.kl.weighting import WEIGHTINGS, KLWeighting, build_weighting
+from vaesweep.kl import capacity, controllers  # noqa: F401  (registration)
 
 __all__ = ["LossTerms", "assemble", "beta_eff_from", "gradient_scale", "kl_per_dim",
            "SCHEDULES", "Schedule", "build_schedule", "WEIGHTINGS", "KLWeighting",

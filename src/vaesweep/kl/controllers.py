@@ -1,0 +1,170 @@
+"""Controllers: weightings that set the KL weight from feedback on the training batches.
+
+Both read the training terms in :meth:`observe` (possibly several batches per optimiser step,
+under gradient accumulation) and update once per optimiser step in :meth:`advance`, from the
+mean of what they saw since the last step. Validation and test call neither, so the weight is
+frozen there. Their variables live in the module's extra state (checkpoints).
+
+The weight they produce is written in the units of ``kl.reduction`` like ``beta`` (``sum``:
+beta_eff is the weight itself; ``mean``: weight·N/M), and a schedule multiplies it.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+from vaesweep.errors import ConfigError, number
+from vaesweep.kl.loss import LossTerms, beta_eff_from
+from vaesweep.kl.weighting import WEIGHTINGS, KLWeighting
+
+
+class Controller(KLWeighting):
+    """Base of the controllers: averages one observed quantity over the batches of a step."""
+
+    def __init__(self, cfg: Mapping[str, Any], n_elements: int, n_latents: int) -> None:
+        super().__init__(cfg, n_elements, n_latents)
+        self._sum, self._count = 0.0, 0
+
+    def measure(self, terms: LossTerms) -> float:
+        """The quantity fed back from one training batch."""
+        raise NotImplementedError
+
+    def update(self, value: float, step: int) -> None:
+        """One controller update with the step's mean measurement; ``step`` is the step that
+        produced it."""
+        raise NotImplementedError
+
+    def weight(self) -> float:
+        """The controller's KL weight, in the units of ``kl.reduction``."""
+        raise NotImplementedError
+
+    def base_beta_eff(self) -> float:
+        return beta_eff_from(self.weight(), self.reduction, self.n_elements, self.n_latents, False)
+
+    def observe(self, terms: LossTerms) -> None:
+        self._sum += self.measure(terms)
+        self._count += 1
+
+    def advance(self) -> None:
+        if self._count:
+            self.update(self._sum / self._count, self.step)
+        self._sum, self._count = 0.0, 0
+        super().advance()
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {**super().get_extra_state(), "pending": [self._sum, self._count]}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        super().set_extra_state(state)
+        self._sum, self._count = float(state["pending"][0]), int(state["pending"][1])
+
+
+@WEIGHTINGS.register("geco")
+class GECO(Controller):
+    """GECO (Rezende & Viola 2018, "Taming VAEs", Alg. 1): minimise R subject to a distortion
+    constraint C = D/N − κ ≤ 0 per element, with Lagrange multiplier λ on C:
+
+        C_ma ← α·C_ma + (1 − α)·C_t   (C_ma = C_1 at the first step)
+        λ ← clamp(λ·exp(ν·C_ma), λ_min, λ_max)
+
+    Their Lagrangian R + λ·C is, divided by λ, ``D + (1/λ)·R`` plus a constant: within DESIGN
+    §1 every run trains on ``scale·mean[D + beta_eff·R]``, so GECO trains on that with
+    beta_eff = 1/λ (``sum``; ``mean``: N/(M·λ)). Dropping the paper's overall factor λ changes
+    the gradient's size, not its direction (Adam mostly ignores it).
+    """
+
+    keys = {"kappa": 0.01, "alpha": 0.99, "nu": 0.1, "lambda_init": 1.0,
+            "lambda_min": 1e-3, "lambda_max": 1e3}
+
+    def __init__(self, cfg: Mapping[str, Any], n_elements: int, n_latents: int) -> None:
+        super().__init__(cfg, n_elements, n_latents)
+        self.kappa = number("kl.kappa", self.cfg["kappa"])
+        self.alpha = number("kl.alpha", self.cfg["alpha"], 0.0, 1.0)
+        if self.alpha == 1.0:
+            raise ConfigError("kl.alpha", self.cfg["alpha"], "a number in [0, 1)")
+        self.nu = number("kl.nu", self.cfg["nu"], 0.0, lo_open=True)
+        self.lambda_min = number("kl.lambda_min", self.cfg["lambda_min"], 0.0, lo_open=True)
+        self.lambda_max = number("kl.lambda_max", self.cfg["lambda_max"], self.lambda_min)
+        self.lam = number("kl.lambda_init", self.cfg["lambda_init"], self.lambda_min,
+                          self.lambda_max)
+        self.c_ma: float | None = None
+
+    def measure(self, terms: LossTerms) -> float:
+        """The constraint per element, D/N − κ, on the batch mean."""
+        return float(terms.distortion.detach().mean()) / self.n_elements - self.kappa
+
+    def update(self, value: float, step: int) -> None:
+        self.c_ma = value if self.c_ma is None else self.alpha * self.c_ma + (1 - self.alpha) * value
+        # in log space, so a large constraint cannot overflow exp
+        log_lam = math.log(self.lam) + self.nu * self.c_ma
+        self.lam = math.exp(min(max(log_lam, math.log(self.lambda_min)), math.log(self.lambda_max)))
+
+    def weight(self) -> float:
+        return 1.0 / self.lam
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {**super().get_extra_state(), "lambda": self.lam, "c_ma": self.c_ma}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        super().set_extra_state(state)
+        self.lam, self.c_ma = float(state["lambda"]), state["c_ma"]
+
+
+@WEIGHTINGS.register("controlvae")
+class ControlVAE(Controller):
+    """ControlVAE (Shao et al. 2020, Alg. 1): a PI controller holding the rate R at a set
+    point v (rising linearly from ``target_start`` to ``target`` over ``target_steps``):
+
+        e = v − R,  P = Kp / (1 + exp(e)),  I ← I − Ki·e,  β = clamp(P + I + β_min, β_min, β_max)
+
+    Anti-windup: I is left unchanged while the unclamped β is outside [β_min, β_max] *and* e
+    would push it further out (the paper's test on the clamped β(t−1) never triggers, and
+    freezing I whenever β is out of range can lock it there). β starts at β_min.
+    """
+
+    keys = {"target": 18.0, "target_start": 0.5, "target_steps": 0, "kp": 0.01, "ki": 0.0001,
+            "beta_min": 0.0, "beta_max": 1000.0}
+
+    def __init__(self, cfg: Mapping[str, Any], n_elements: int, n_latents: int) -> None:
+        super().__init__(cfg, n_elements, n_latents)
+        self.target = number("kl.target", self.cfg["target"], 0.0)
+        self.target_start = number("kl.target_start", self.cfg["target_start"], 0.0)
+        self.target_steps = number("kl.target_steps", self.cfg["target_steps"], 0, integer=True)
+        self.kp = number("kl.kp", self.cfg["kp"], 0.0)
+        self.ki = number("kl.ki", self.cfg["ki"], 0.0)
+        self.beta_min = number("kl.beta_min", self.cfg["beta_min"], 0.0)
+        self.beta_max = number("kl.beta_max", self.cfg["beta_max"], self.beta_min)
+        self.integral = 0.0
+        self.beta = self.raw_beta = self.beta_min
+
+    def set_point(self, step: int) -> float:
+        """The desired rate at ``step``."""
+        if self.target_steps == 0 or step >= self.target_steps:
+            return self.target
+        return self.target_start + (self.target - self.target_start) * step / self.target_steps
+
+    def measure(self, terms: LossTerms) -> float:
+        return float(terms.rate.detach().mean())
+
+    def update(self, value: float, step: int) -> None:
+        e = self.set_point(step) - value
+        # Kp / (1 + exp(e)) = Kp·sigmoid(−e), without overflow
+        p = self.kp * (math.exp(-e) / (1 + math.exp(-e)) if e > 0 else 1 / (1 + math.exp(e)))
+        saturated_up = self.raw_beta > self.beta_max and e < 0
+        saturated_down = self.raw_beta < self.beta_min and e > 0
+        if not (saturated_up or saturated_down):
+            self.integral -= self.ki * e
+        self.raw_beta = p + self.integral + self.beta_min
+        self.beta = min(max(self.raw_beta, self.beta_min), self.beta_max)
+
+    def weight(self) -> float:
+        return self.beta
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {**super().get_extra_state(), "beta": self.beta, "raw_beta": self.raw_beta,
+                "integral": self.integral}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        super().set_extra_state(state)
+        self.beta, self.raw_beta = float(state["beta"]), float(state["raw_beta"])
+        self.integral = float(state["integral"])
