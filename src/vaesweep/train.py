@@ -180,6 +180,22 @@ def sweeper_setting(key: str) -> Any:
     return OmegaConf.to_container(sweeper[key], resolve=True) if sweeper.get(key) else None
 
 
+def cpu_threads(c: Mapping[str, Any]) -> int | None:
+    """Torch CPU threads for this job: ``threads`` if set; under a parallel launcher, the
+    cores shared out between its jobs (oversubscribed threads spin and run many times
+    slower); otherwise torch's default."""
+    if c.get("threads"):
+        return int(number("threads", c["threads"], 1, integer=True))
+    from hydra.core.hydra_config import HydraConfig
+    if HydraConfig.initialized():
+        launcher = HydraConfig.get().launcher
+        n_jobs = launcher.get("n_jobs") or 1
+        if n_jobs and int(n_jobs) > 1:
+            import os
+            return max(1, (os.cpu_count() or 1) // int(n_jobs))
+    return None
+
+
 def output_dir() -> Path:
     from hydra.core.hydra_config import HydraConfig
     if HydraConfig.initialized():
@@ -195,6 +211,9 @@ def run_job(cfg: DictConfig | Mapping[str, Any], tags: Mapping[str, str] | None 
 
     c = resolve(cfg)
     check_job(c)
+    threads = cpu_threads(c)
+    if threads:
+        torch.set_num_threads(threads)
     L.seed_everything(int(c.get("seed", 0)), workers=True, verbose=False)
     dm = VAEDataModule(c["data"])
     module = VAEModule(c, dm.imageset.shape)
