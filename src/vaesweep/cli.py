@@ -76,5 +76,21 @@ def main(argv: list[str] | None = None) -> Any:
         except VaesweepError as e:
             print(f"vaesweep {argv[0]}: error: {e}", file=sys.stderr)
             raise SystemExit(e.exit_code) from None
+    if argv and argv[0] == "sweep":
+        argv = sweep_argv(argv[1:])
     sys.argv = [sys.argv[0], *argv]
     return hydra_main()
+
+
+def sweep_argv(args: list[str]) -> list[str]:
+    """``vaesweep sweep NAME [overrides]`` is ``vaesweep -m +sweep=NAME [overrides]``."""
+    names = sorted(p.stem for p in (CONF_DIR / "sweep").glob("*.yaml"))
+    if not args or args[0].startswith("-") or "=" in args[0]:
+        print("usage: vaesweep sweep NAME [OVERRIDE ...]\nnamed studies: " + ", ".join(names),
+              file=sys.stderr)
+        raise SystemExit(2)
+    if args[0] not in names:
+        print(f"vaesweep: error: sweep={args[0]!r} is invalid: allowed is one of "
+              + ", ".join(names), file=sys.stderr)
+        raise SystemExit(2)
+    return ["-m", f"+sweep={args[0]}", *args[1:]]
