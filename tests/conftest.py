@@ -53,3 +53,63 @@ def search_runs(uri: str, experiment: str = "vaesweep"):
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(experiment)
     return [] if exp is None else client.search_runs([exp.experiment_id], max_results=10000)
+
+
+# -- one tiny Optuna study and one tiny grid, shared by the report, notebook and browser
+# tests (tests/test_report.py, test_notebook.py, test_browser.py) ------------------------------
+# trainer keys, not `trainer=smoke`: a sweep file's own trainer values override a group choice;
+# two metrics on few points keep evaluation at about a second per run
+TINY_SWEEP_ARGS = ["trainer.max_steps=6", "trainer.val_check_interval=3",
+                   "trainer.limit_val_batches=2", "trainer.limit_test_batches=2",
+                   "trainer.log_every_n_steps=1", "data.subset=384", "data.batch_size=32",
+                   "metrics=fast", "metrics.enabled=[mig,active_units]",
+                   "++metrics.num_points=400", "++metrics.num_test_points=200",
+                   "++metrics.recon_points=200", "threads=1",
+                   "tracking.log_checkpoint=false"]
+# 2 beta_norm x 2 heads x sum/mean, one seed, with a linear warm-up so that the weight moves
+TINY_GRID_ARGS = ["kl.beta_norm=0.01,1.0", "likelihood=bernoulli,gaussian_optimal",
+                  "kl.reduction=sum,mean", "seed=0", "kl/schedule=linear",
+                  "kl.schedule.steps=4"]
+
+
+@pytest.fixture(scope="session")
+def tiny_sweeps(tmp_path_factory):
+    """A working directory with a tiny ``quick`` Optuna study (4 trials) and a tiny
+    ``beta_norm_grid`` (8 runs) in one ``mlflow.db`` (``optuna.db`` for the study): the two
+    sweeps run at once, one torch thread each. Returns ``dir``, ``uri``, ``storage``."""
+    import time
+    from types import SimpleNamespace
+
+    from mlflow.tracking import MlflowClient
+
+    d = tmp_path_factory.mktemp("tiny_sweeps")
+    uri = f"sqlite:///{d}/mlflow.db"
+    # create the store and the experiment first: two processes creating them at once race
+    MlflowClient(tracking_uri=uri).create_experiment("vaesweep",
+                                                     artifact_location=str(d / "mlruns"))
+    env = {**os.environ, "VAESWEEP_DATA": str(d / "data"), "OMP_NUM_THREADS": "1",
+           "MKL_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": uri}
+    commands = {
+        "quick": ["+sweep=quick", *TINY_SWEEP_ARGS, "hydra.sweeper.n_trials=4",
+                  "hydra.sweep.dir=multirun/quick"],
+        "beta_norm_grid": ["+sweep=beta_norm_grid", *TINY_SWEEP_ARGS, *TINY_GRID_ARGS,
+                           "hydra.sweep.dir=multirun/grid"],
+    }
+    t0 = time.time()
+    procs = {}
+    for name, args in commands.items():
+        with open(d / f"{name}.log", "w") as logf:  # a file: a full pipe would stall a sweep
+            procs[name] = subprocess.Popen([sys.executable, "-m", "vaesweep", "-m", *args],
+                                           cwd=d, env=env, stdout=logf, stderr=subprocess.STDOUT)
+    try:
+        for name, p in procs.items():
+            p.wait(timeout=900)
+            log = (d / f"{name}.log").read_text()[-3000:]
+            assert p.returncode == 0, f"tiny sweep {name} failed:\n{log}"
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+    print(f"tiny sweeps made in {time.time() - t0:.0f} s")
+    return SimpleNamespace(dir=d, uri=uri, storage=f"sqlite:///{d}/optuna.db",
+                           sweeps=tuple(commands))

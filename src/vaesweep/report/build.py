@@ -1,0 +1,223 @@
+"""Assemble a sweep's report: sections of figures (PNG bytes), tables and text, plus the
+generated answer; :mod:`~vaesweep.report.html` and :mod:`~vaesweep.report.markdown` write it.
+
+A section that does not apply to a sweep (no sum/mean pairs, no moving weights, no Optuna
+study) stays in the report with one line saying why, so a reader knows it was looked for.
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from vaesweep.report import analysis, plots
+from vaesweep.report.answer import Answer, answer
+from vaesweep.report.data import SweepData, complete_runs, structure_metric, weight_column
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Picture:
+    """A figure rendered to PNG: ``name`` is its file name without ``.png``."""
+
+    name: str
+    caption: str
+    png: bytes
+
+
+@dataclass
+class Table:
+    caption: str
+    frame: pd.DataFrame
+
+
+@dataclass
+class Section:
+    key: str
+    title: str
+    text: list[str] = field(default_factory=list)
+    pictures: list[Picture] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
+    #: why the section does not apply to this sweep (then it has no pictures or tables)
+    skipped: str | None = None
+
+
+@dataclass
+class Report:
+    sweep: str
+    meta: dict[str, Any]
+    answer: Answer
+    sections: list[Section]
+
+    @property
+    def main_picture(self) -> Picture | None:
+        return next((p for s in self.sections for p in s.pictures if p.name == "rate_distortion"),
+                    None)
+
+
+def _picture(name: str, caption: str, fig: Any) -> Picture:
+    png = plots.to_png(fig)
+    fig.clear()
+    return Picture(name, caption, png)
+
+
+def _runs_table(df: pd.DataFrame, w: str) -> pd.DataFrame:
+    cols = ["trial", "run_id", "state", "head", "reduction", "method", "seed", w, "beta_eff",
+            "distortion", "rate", "active_units"]
+    metric = structure_metric(df)
+    if metric:
+        cols.append(metric)
+    cols += ["pareto"] + (["optuna_state"] if "optuna_state" in df else [])
+    t = df[[c for c in cols if c in df]].copy()
+    t["run_id"] = t["run_id"].str[:8]
+    return t
+
+
+def rd_section(data: SweepData) -> Section:
+    df, w = data.runs, weight_column(data.runs)
+    s = Section("rate_distortion", "The rate–distortion plane")
+    s.text.append(f"Every complete run is a point: distortion D = −log p(x|z) and rate R = "
+                  f"KL(q(z|x) ‖ p(z)), both in nats per test example. Colour: log10 `{w}`; "
+                  "marker: the likelihood head; the black step line is each head's Pareto "
+                  "front and circled runs are on it. Distortions of different heads are "
+                  "different likelihoods, so fronts are drawn per head.")
+    s.pictures.append(_picture("rate_distortion", "rate–distortion plane",
+                               plots.rate_distortion(df, w)))
+    return s
+
+
+def weight_section(data: SweepData) -> Section:
+    c, w = complete_runs(data.runs), weight_column(data.runs)
+    s = Section("vs_weight", f"Against the KL weight ({w})")
+    if c.empty or c[w].nunique() < 2:
+        s.skipped = f"the complete runs of this sweep do not vary {w}"
+        return s
+    metric = structure_metric(c) or "MIG / probe accuracy (not logged)"
+    s.text.append(f"Distortion, rate, active units and {metric} against `{w}`: one line per "
+                  "head (colour) and reduction (solid: sum, dashed: mean); the line is the "
+                  "mean over seeds and the band their min–max.")
+    s.pictures.append(_picture("vs_weight", f"metrics against {w}", plots.metrics_vs_weight(c, w)))
+    return s
+
+
+def pairs_section(pairs: pd.DataFrame) -> Section:
+    s = Section("reduction_equivalence", "Reduction equivalence (sum vs mean)")
+    if pairs.empty:
+        s.skipped = ("no pair of runs in this sweep differs only in `kl.reduction` (and the "
+                     "way its weight is written) at equal beta_eff")
+        return s
+    s.text.append("DESIGN §1: a run with `kl.reduction=sum` and one with `mean` that agree on "
+                  "beta_eff and everything else must land on the same point (only the "
+                  "gradient scale differs). Each row is such a pair; gaps are sum − mean.")
+    t = pairs.copy()
+    t["run_sum"], t["run_mean"] = t["run_sum"].str[:8], t["run_mean"].str[:8]
+    s.tables.append(Table("sum/mean pairs at equal beta_eff", t))
+    return s
+
+
+def dynamics_section(data: SweepData) -> tuple[Section, pd.DataFrame | None]:
+    s = Section("dynamics", "Schedules and controllers over training")
+    runs = analysis.dynamics_runs(data.runs)
+    if runs.empty:
+        s.skipped = ("every run of this sweep trains at a constant KL weight (no schedule, "
+                     "controller, capacity or free bits)")
+        return s, None
+    log.info("reading metric histories of %d run(s)", len(runs))
+    hist = data.histories(list(runs["run_id"]))
+    table = analysis.dynamics_table(runs, hist)
+    s.text.append("Rate, KL weight and active units over optimiser steps for runs whose weight "
+                  "moves (one per method, head, reduction and weight), and the KL of each "
+                  "latent over steps. `collapse`: `full` when no unit is active at the end, "
+                  "`k/M` when k of M latents end under 0.01 nats.")
+    s.pictures.append(_picture("dynamics", "rate, beta_eff and active units over steps",
+                               plots.dynamics(runs, hist)))
+    s.pictures.append(_picture("kl_per_dim_steps", "KL per latent over steps",
+                               plots.kl_per_dim_over_steps(runs, hist)))
+    t = table.copy()
+    t["run_id"] = t["run_id"].str[:8]
+    s.tables.append(Table("at the end of training", t))
+    return s, table
+
+
+def pictures_section(data: SweepData, max_runs: int) -> Section:
+    s = Section("pareto_runs", "Pareto-optimal runs: reconstructions and traversals")
+    front = analysis.pareto_runs(data.runs, max_runs)
+    if front.empty or max_runs <= 0:
+        s.skipped = "no Pareto-optimal run" if front.empty else "pictures turned off"
+        return s
+    w = weight_column(data.runs)
+    s.text.append(f"The pictures each training job logged, for {len(front)} runs spread along "
+                  "the Pareto front(s), from low distortion (high rate) to high distortion.")
+    with tempfile.TemporaryDirectory(prefix="vaesweep-report-") as tmp:
+        for i, (_, row) in enumerate(front.iterrows()):
+            d = Path(tmp) / row["run_id"]
+            rec = data.artifact(row["run_id"], "reconstructions.png", d)
+            trav = data.artifact(row["run_id"], "traversals.png", d)
+            s.pictures.append(_picture(f"pareto_{i}", analysis.run_label(row, w),
+                                       plots.run_pictures(row, rec, trav, w)))
+    return s
+
+
+def study_section(data: SweepData) -> Section:
+    s = Section("optuna", "Optuna study")
+    st = data.study
+    if st is None:
+        s.skipped = "this sweep has no Optuna study (a grid, or the storage was not found)"
+        return s
+    s.text.append(f"Study `{st.name}` in `{st.storage}`: objectives "
+                  + ", ".join(f"`{o}` ({d})" for o, d in zip(st.objectives, st.directions))
+                  + f"; {st.n_trials} trials: "
+                  + ", ".join(f"{v} {k}" for k, v in sorted(st.states.items()))
+                  + ". Browse it with `optuna-dashboard " + st.storage + " --host 127.0.0.1`.")
+    df = data.runs
+    if "optuna_best" in df:
+        best = df[df["optuna_best"]]
+        cols = ["trial", "run_id", "head", "reduction", weight_column(df), "beta_eff",
+                "optuna_values"]
+        t = best[[c for c in cols if c in best]].copy()
+        t["run_id"] = t["run_id"].str[:8]
+        s.tables.append(Table("best trial" if len(st.directions) == 1 else "Pareto set", t))
+    return s
+
+
+def build_report(data: SweepData, *, max_images: int = 6) -> Report:
+    """The report of a loaded sweep (see the module docstring)."""
+    df = data.runs
+    w = weight_column(df) if not df.empty else "beta_eff"
+    log.info("building the report of sweep %r (%d runs)", data.sweep, len(df))
+    pairs = analysis.reduction_pairs(df)
+    sections = [rd_section(data), weight_section(data), pairs_section(pairs)]
+    dyn_section, dyn_table = dynamics_section(data)
+    sections += [dyn_section, pictures_section(data, max_images), study_section(data)]
+    runs = Section("runs", "All runs")
+    runs.tables.append(Table(f"{len(df)} runs", _runs_table(df, w)))
+    sections.append(runs)
+    ans = answer(df, sweep=data.sweep, study=data.study, pairs=pairs, dynamics=dyn_table)
+    meta = {"sweep": data.sweep, "tracking_uri": data.tracking_uri,
+            "experiment": data.experiment, "parent_run_id": data.parent_run_id,
+            "runs": len(df), "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    return Report(sweep=data.sweep, meta=meta, answer=ans, sections=sections)
+
+
+def format_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Cells as display strings: numbers to 4 significant digits, booleans as yes/no, lists
+    of floats shortened, missing values empty."""
+    def cell(v: Any) -> str:
+        if v is None or (isinstance(v, float) and v != v):
+            return ""
+        if isinstance(v, bool):
+            return "yes" if v else "no"
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(cell(x) for x in v) + "]"
+        return str(v)
+
+    out = frame.astype(object).map(cell) if len(frame) else frame.astype(str)
+    return out.reset_index(drop=True)

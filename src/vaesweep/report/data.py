@@ -1,0 +1,391 @@
+"""A sweep's runs as one pandas DataFrame: read from MLflow (and Optuna, where the sweep is
+an Optuna study), one row per child run of the sweep's parent run.
+
+Columns: every param under its dotted name (``kl.beta_norm``, numbers parsed), every final
+metric under its DESIGN §4 name (``test/distortion``), and derived columns the report and
+the notebook use:
+
+==================  =========================================================================
+``run_id``          the MLflow run; ``run_name``, ``trial`` (Optuna / job number), ``overrides``
+``state``           COMPLETE, PRUNED, FAILED, KILLED or RUNNING
+``head``            ``likelihood.name``
+``reduction``       ``kl.reduction`` (sum / mean)
+``weighting``       ``kl.name`` (beta, beta_norm, capacity, geco, controlvae)
+``method``          ``+method=`` of the schedules study, else weighting[/schedule][+free bits]
+``seed``            ``seed``
+``beta_norm``       ``kl.beta_norm`` for beta_norm runs, else NaN
+``beta_eff``        the final ``beta_eff`` (test, else val, else train)
+``distortion``      ``test/distortion`` (else ``val/distortion``), nats per example
+``rate``            ``test/rate`` (else ``val/rate``), nats per example
+``active_units``    ``test/active_units`` (else ``val/active_units``)
+``latent_dim``      ``model.latent_dim``; ``collapsed_dims``: latents with final KL < 0.01 nats
+``pareto``          on the rate–distortion Pareto front of its head (see ``analysis``)
+==================  =========================================================================
+
+``optuna_state`` and ``optuna_values`` are added when the Optuna study is found.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+from urllib.parse import urlparse
+
+import numpy as np
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from vaesweep.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+DEFAULT_STORAGE = "sqlite:///optuna.db"
+DEFAULT_EXPERIMENT = "vaesweep"
+TAG_SWEEP, TAG_ROLE, TAG_STUDY, TAG_PARENT = (
+    "vaesweep.sweep", "vaesweep.role", "vaesweep.study", "mlflow.parentRunId")
+#: a latent whose final KL is below this carries no information (Burda et al. 2016 use the
+#: same 0.01 on the variance of its posterior mean)
+COLLAPSE_NATS = 0.01
+#: structure metrics in order of preference: factors (dSprites), then labels
+STRUCTURE_METRICS = ("test/mig", "test/linear_probe_acc", "test/knn_acc")
+#: weighting methods whose weight moves during training (besides non-constant schedules)
+FEEDBACK_WEIGHTINGS = ("capacity", "geco", "controlvae")
+_KL_DIM = re.compile(r"^val/kl_dim_(\d+)$")
+
+
+@dataclass
+class StudyInfo:
+    """What the report shows of an Optuna study: objectives, directions, trial states."""
+
+    name: str
+    storage: str
+    objectives: list[str]
+    directions: list[str]
+    states: dict[str, int]
+    best_trials: list[int]
+    n_trials: int
+
+
+@dataclass
+class SweepData:
+    """A loaded sweep: its runs (one row each), its parent run and its Optuna study."""
+
+    sweep: str
+    tracking_uri: str
+    experiment: str
+    parent_run_id: str | None
+    runs: pd.DataFrame
+    study: StudyInfo | None = None
+    client: MlflowClient | None = field(default=None, repr=False)
+
+    @property
+    def complete(self) -> pd.DataFrame:
+        """Runs that finished with a finite distortion and rate: what the plots show."""
+        return complete_runs(self.runs)
+
+    def histories(self, run_ids: Sequence[str], keys: Sequence[str] | None = None) -> pd.DataFrame:
+        """Metric histories (long format: run_id, key, step, value) of ``run_ids``."""
+        if self.client is None:
+            raise ValueError("this SweepData has no MLflow client to read histories from")
+        return load_histories(self.client, run_ids, keys or dynamics_keys(self.runs))
+
+    def artifact(self, run_id: str, name: str, dst: str | Path) -> Path | None:
+        """Download one artifact of a run into ``dst``; None when the run has none."""
+        if self.client is None:
+            return None
+        return download_artifact(self.client, run_id, name, dst)
+
+
+# -- helpers on values -----------------------------------------------------------------------
+def parse_value(v: Any) -> Any:
+    """An MLflow param string as a number where it is one; ``None``/``null`` as None."""
+    if v is None or v in ("None", "null", ""):
+        return None
+    if isinstance(v, str):
+        if v in ("True", "False"):
+            return v == "True"
+        try:
+            f = float(v)
+        except ValueError:
+            return v
+        return int(f) if re.fullmatch(r"[+-]?\d+", v.strip()) else f
+    return v
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None
+    p = uri[len("sqlite:///"):]
+    return None if p in ("", ":memory:") else Path(p)
+
+
+def check_tracking_uri(uri: str) -> None:
+    """A SQLite store that does not exist is a user error (MLflow would create an empty one)."""
+    if "://" not in uri and not uri.startswith("databricks"):
+        raise ConfigError("--tracking-uri", uri, "an MLflow tracking URI such as "
+                          "sqlite:///mlflow.db or http://127.0.0.1:5000")
+    p = _sqlite_path(uri)
+    if p is not None and not p.is_file():
+        raise ConfigError("--tracking-uri", uri, "an existing MLflow store",
+                          hint=f"{p} does not exist: run a sweep first, e.g. "
+                               "`vaesweep -m +sweep=quick`, or pass --tracking-uri")
+    if urlparse(uri).scheme == "file":
+        raise ConfigError("--tracking-uri", uri, "a database or server URI (sqlite:///..., "
+                          "postgresql://..., http://...)")
+
+
+def known_sweeps(client: MlflowClient, experiment: str) -> list[str]:
+    """Sweep names that have a parent run in ``experiment``."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    runs = client.search_runs([exp.experiment_id], f"tags.`{TAG_ROLE}` = 'parent'",
+                              max_results=5000)
+    return sorted({r.data.tags.get(TAG_SWEEP, "") for r in runs} - {""})
+
+
+def _find_parent(client: MlflowClient, exp_id: str, sweep: str) -> str | None:
+    runs = client.search_runs([exp_id], f"tags.`{TAG_ROLE}` = 'parent' and "
+                              f"tags.`{TAG_SWEEP}` = '{sweep}'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def _search_all(client: MlflowClient, exp_id: str, flt: str) -> list[Any]:
+    out, token = [], None
+    while True:
+        page = client.search_runs([exp_id], flt, max_results=1000, page_token=token)
+        out.extend(page)
+        token = page.token
+        if not token:
+            return out
+
+
+def _method(params: Mapping[str, Any], overrides: str) -> str:
+    """The name a schedules study gives the run (``+method=X``), else one built from the
+    weighting, its schedule and free bits."""
+    try:
+        words = shlex.split(overrides or "")
+    except ValueError:
+        words = (overrides or "").split()
+    for w in words:
+        if w.startswith(("+method=", "method=")):
+            return w.split("=", 1)[1]
+    name = str(params.get("kl.name") or "?")
+    schedule = params.get("kl.schedule.name")
+    if schedule and schedule != "constant":
+        name += f"/{schedule}"
+    fb = params.get("kl.free_bits")
+    if isinstance(fb, (int, float)) and fb > 0:
+        name += f"+free_bits {fb:g}"
+    return name
+
+
+def _state(status: str, tags: Mapping[str, str]) -> str:
+    if tags.get("vaesweep.state") == "PRUNED":
+        return "PRUNED"
+    return {"FINISHED": "COMPLETE"}.get(status, status)
+
+
+def _first(row: Mapping[str, Any], keys: Iterable[str]) -> float:
+    for k in keys:
+        v = row.get(k)
+        if v is not None and isinstance(v, (int, float)) and math.isfinite(v):
+            return float(v)
+    return float("nan")
+
+
+def run_row(run: Any) -> dict[str, Any]:
+    """One MLflow run as a flat dict: params, final metrics, tags we rely on, derived values."""
+    params = {k: parse_value(v) for k, v in run.data.params.items()}
+    metrics = dict(run.data.metrics)
+    tags = run.data.tags
+    trial = tags.get("vaesweep.trial")
+    row: dict[str, Any] = {
+        "run_id": run.info.run_id,
+        "run_name": run.info.run_name,
+        "status": run.info.status,
+        "state": _state(run.info.status, tags),
+        "trial": int(trial) if trial not in (None, "") and str(trial).isdigit() else None,
+        "parent_run_id": tags.get(TAG_PARENT),
+        "overrides": tags.get("vaesweep.overrides", ""),
+        "error": tags.get("vaesweep.error"),
+        "start_time": pd.to_datetime(run.info.start_time, unit="ms") if run.info.start_time else None,
+    }
+    row.update(params)
+    row.update(metrics)
+    weighting = params.get("kl.name")
+    beta_norm = params.get("kl.beta_norm") if weighting == "beta_norm" else None
+    kl_dims = {int(m.group(1)): v for k, v in metrics.items() if (m := _KL_DIM.match(k))}
+    latent_dim = params.get("model.latent_dim")
+    row.update({
+        "head": params.get("likelihood.name"),
+        "reduction": params.get("kl.reduction"),
+        "weighting": weighting,
+        "method": _method(params, row["overrides"]),
+        "seed": params.get("seed"),
+        "beta_norm": float(beta_norm) if isinstance(beta_norm, (int, float)) else float("nan"),
+        "beta": float(params["kl.beta"]) if isinstance(params.get("kl.beta"), (int, float))
+        and weighting == "beta" else float("nan"),
+        "beta_eff": _first(metrics, ("test/beta_eff", "val/beta_eff", "train/beta_eff")),
+        "distortion": _first(metrics, ("test/distortion", "val/distortion")),
+        "rate": _first(metrics, ("test/rate", "val/rate")),
+        "active_units": _first(metrics, ("test/active_units", "val/active_units")),
+        "latent_dim": int(latent_dim) if isinstance(latent_dim, (int, float)) else None,
+        "collapsed_dims": (sum(1 for v in kl_dims.values() if v < COLLAPSE_NATS)
+                           if kl_dims else None),
+    })
+    return row
+
+
+def runs_frame(runs: Sequence[Any]) -> pd.DataFrame:
+    """The DataFrame of ``runs`` (MLflow Run objects), sorted by trial then start time."""
+    rows = [run_row(r) for r in runs]
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    df = df.sort_values(["trial", "start_time"], na_position="last", kind="stable")
+    from vaesweep.report.analysis import mark_pareto
+    return mark_pareto(df.reset_index(drop=True))
+
+
+def complete_runs(df: pd.DataFrame) -> pd.DataFrame:
+    """Finished runs with a finite distortion and rate."""
+    if df.empty:
+        return df
+    ok = (df["state"] == "COMPLETE") & np.isfinite(df["distortion"]) & np.isfinite(df["rate"])
+    return df[ok]
+
+
+def structure_metric(df: pd.DataFrame) -> str | None:
+    """The structure metric the sweep logged: MIG (data with factors), else a probe accuracy
+    (data with labels); None when there is none."""
+    return next((m for m in STRUCTURE_METRICS if m in df and df[m].notna().any()), None)
+
+
+def weight_column(df: pd.DataFrame) -> str:
+    """``beta_norm`` when every complete run has one, else ``beta_eff``."""
+    c = complete_runs(df)
+    if len(c) and c["beta_norm"].notna().all() and (c["beta_norm"] > 0).all():
+        return "beta_norm"
+    return "beta_eff"
+
+
+def dynamics_keys(df: pd.DataFrame) -> list[str]:
+    """The metric histories the schedules/controllers section reads."""
+    dims = sorted((int(m.group(1)) for c in df.columns if (m := _KL_DIM.match(str(c)))))
+    return ["val/rate", "val/distortion", "train/beta_eff", "val/active_units",
+            *[f"val/kl_dim_{j}" for j in dims]]
+
+
+# -- MLflow ----------------------------------------------------------------------------------
+def load_histories(client: MlflowClient, run_ids: Sequence[str],
+                   keys: Sequence[str]) -> pd.DataFrame:
+    rows = []
+    for rid in run_ids:
+        for key in keys:
+            try:
+                hist = client.get_metric_history(rid, key)
+            except Exception as e:  # noqa: BLE001 - a missing metric is not an error here
+                log.debug("no history of %s for %s: %s", key, rid, e)
+                continue
+            rows.extend({"run_id": rid, "key": key, "step": m.step, "value": m.value}
+                        for m in hist)
+    out = pd.DataFrame(rows, columns=["run_id", "key", "step", "value"])
+    return out.sort_values(["run_id", "key", "step"]).reset_index(drop=True)
+
+
+def download_artifact(client: MlflowClient, run_id: str, name: str, dst: str | Path) -> Path | None:
+    Path(dst).mkdir(parents=True, exist_ok=True)
+    # MLflow draws a progress bar per file; a report fetches a few small pictures
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    old = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        return Path(client.download_artifacts(run_id, name, str(dst)))
+    except Exception as e:  # noqa: BLE001 - a run without pictures (failed early) is shown without
+        log.warning("run %s has no artifact %s (%s)", run_id, name, e)
+        return None
+    finally:
+        if old is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old
+
+
+def study_info(name: str, storage: str, df: pd.DataFrame) -> tuple[StudyInfo | None, pd.DataFrame]:
+    """The Optuna study ``name`` in ``storage`` (None when there is none) and ``df`` with the
+    trials' states and values joined on the MLflow run id."""
+    p = _sqlite_path(storage)
+    if p is not None and not p.is_file():
+        log.info("no Optuna storage at %s: reporting from MLflow only", storage)
+        return None, df
+    import optuna
+
+    from vaesweep.sweep.best import best_trials
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        if name not in optuna.get_all_study_names(storage):
+            log.info("no Optuna study %r in %s: reporting from MLflow only", name, storage)
+            return None, df
+        study = optuna.load_study(study_name=name, storage=storage)
+    except Exception as e:  # noqa: BLE001 - the report still has MLflow's numbers
+        log.warning("could not read the Optuna study %r from %s: %s", name, storage, e)
+        return None, df
+    trials = study.get_trials(deepcopy=False)
+    states: dict[str, int] = {}
+    for t in trials:
+        states[t.state.name] = states.get(t.state.name, 0) + 1
+    objectives = list(study.user_attrs.get("objectives")
+                      or [f"objective_{i}" for i in range(len(study.directions))])
+    info = StudyInfo(name=name, storage=storage, objectives=objectives,
+                     directions=[d.name.lower() for d in study.directions], states=states,
+                     best_trials=sorted(t.number for t in best_trials(study)),
+                     n_trials=len(trials))
+    by_run = {t.user_attrs.get("mlflow_run_id"): t for t in trials}
+    if not df.empty:
+        df = df.copy()
+        df["optuna_state"] = [by_run[r].state.name if r in by_run else None for r in df["run_id"]]
+        df["optuna_values"] = [list(by_run[r].values) if r in by_run and by_run[r].values else None
+                               for r in df["run_id"]]
+        df["optuna_best"] = [r in by_run and by_run[r].number in info.best_trials
+                             for r in df["run_id"]]
+    return info, df
+
+
+def load_sweep(sweep: str, tracking_uri: str = DEFAULT_URI, *,
+               experiment: str = DEFAULT_EXPERIMENT, storage: str | None = DEFAULT_STORAGE,
+               parent_run_id: str | None = None) -> SweepData:
+    """The runs of ``sweep`` (children of its latest parent run, or of ``parent_run_id``)
+    with its Optuna study where ``storage`` holds one. A sweep name the store does not know
+    is a :class:`ConfigError` listing the ones it does."""
+    check_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise ConfigError("--experiment", experiment, "an MLflow experiment in "
+                          f"{tracking_uri} (none by that name: run a sweep first)")
+    if parent_run_id is None:
+        parent_run_id = _find_parent(client, exp.experiment_id, sweep)
+    if parent_run_id is None:
+        known = known_sweeps(client, experiment)
+        raise ConfigError("sweep", sweep, known or "a sweep with runs in this tracking store "
+                          "(none yet: run `vaesweep -m +sweep=quick` first)")
+    log.info("sweep %r: parent run %s in %s", sweep, parent_run_id, tracking_uri)
+    runs = _search_all(client, exp.experiment_id, f"tags.`{TAG_PARENT}` = '{parent_run_id}'")
+    log.info("sweep %r: %d run(s)", sweep, len(runs))
+    df = runs_frame(runs)
+    study = None
+    if storage:
+        parent = client.get_run(parent_run_id)
+        study_name = parent.data.tags.get(TAG_STUDY)
+        if study_name:
+            study, df = study_info(study_name, storage, df)
+    return SweepData(sweep=sweep, tracking_uri=tracking_uri, experiment=experiment,
+                     parent_run_id=parent_run_id, runs=df, study=study, client=client)
