@@ -1,0 +1,332 @@
+"""End-of-training evaluation: every ``test/*`` metric of DESIGN.md section 4 for a model.
+
+``evaluate_model(module, imageset, test_idx, cfg_metrics, seed)`` needs from ``module``:
+``encode(x) -> (mu, logvar)``, ``log_likelihood(x, z) -> (B,)``, ``represent(x) -> mu`` and
+``reconstruct(x) -> mean image``; from ``imageset``: ``batch(idx)``, ``factors``, ``labels``
+and, for the FactorVAE and beta-VAE scores, ``factor_sizes``, ``sample_factors`` and
+``render``. Everything runs under ``torch.no_grad()`` in eval mode, batched, and is seeded by
+``seed``: each metric draws from its own stream, so turning one off changes no other.
+
+Settings (the ``metrics:`` config group; :data:`DEFAULTS`, checked by :func:`resolve_settings`):
+
+=============================  ==========  ================================================
+key                            default     meaning
+=============================  ==========  ================================================
+enabled                        true        true (all), false (none) or a list of METRICS
+batch_size                     256         images per encoder / decoder call
+recon_points                   10000       test images for mse, psnr, active_units
+active_threshold               0.01        Burda et al. 2016
+iwae_points                    1000        test images for the IWAE bound
+iwae_k                         100         importance samples per image
+iwae_max_samples               4096        (sample, image) pairs per decoder call
+tc_points                      2000        test images for total_correlation, mutual_info
+tc_estimator                   mss         mss (stratified) or mws (Chen et al. 2018)
+structure_source               sample      sample: fresh factor draws, rendered (as
+                                           disentanglement_lib); test: test-split images
+                                           (with replacement if there are too few)
+num_points                     10000       MIG points; SAP/DCI and probe training points
+num_test_points                5000        SAP/DCI and probe test points
+mig_bins                       20
+sap_standardize                true        false: disentanglement_lib's raw latents
+dci_estimator                  binned      binned (fast, same algorithm) or sklearn
+dci_max_bins                   255
+factorvae_batch_size           64
+factorvae_num_train            10000       votes
+factorvae_num_eval             5000        votes
+factorvae_num_variance         10000       images for the global variances
+factorvae_prune_threshold      0.05        latents with std below it are pruned
+betavae_batch_size             64
+betavae_num_train              10000
+betavae_num_eval               5000
+betavae_standardize            true        false: disentanglement_lib's raw features
+knn_k                          5
+=============================  ==========  ================================================
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+
+from vaesweep.errors import ConfigError, number
+from vaesweep.metrics._arrays import codes_for_classes, to_numpy
+from vaesweep.metrics.disentanglement import betavae_score, dci, factorvae_score, mig, sap
+from vaesweep.metrics.iwae import iwae_nll
+from vaesweep.metrics.latent import active_units, aggregate_posterior_terms
+from vaesweep.metrics.probes import knn_acc, linear_probe_acc
+from vaesweep.metrics.rate_distortion import mse, psnr
+
+log = logging.getLogger(__name__)
+
+#: metric names accepted by ``metrics.enabled`` (``dci`` gives the three dci_* keys)
+METRICS = ("iwae_nll", "mse", "psnr", "active_units", "total_correlation", "mutual_info", "mig", "sap",
+           "dci", "factorvae_score", "betavae_score", "linear_probe_acc", "knn_acc")
+FACTOR_METRICS = ("mig", "sap", "dci", "factorvae_score", "betavae_score")
+LABEL_METRICS = ("linear_probe_acc", "knn_acc")
+
+DEFAULTS: dict[str, Any] = {
+    "enabled": True,
+    "batch_size": 256,
+    "recon_points": 10_000,
+    "active_threshold": 0.01,
+    "iwae_points": 1_000,
+    "iwae_k": 100,
+    "iwae_max_samples": 4096,
+    "tc_points": 2_000,
+    "tc_estimator": "mss",
+    "structure_source": "sample",
+    "num_points": 10_000,
+    "num_test_points": 5_000,
+    "mig_bins": 20,
+    "sap_standardize": True,
+    "dci_estimator": "binned",
+    "dci_max_bins": 255,
+    "factorvae_batch_size": 64,
+    "factorvae_num_train": 10_000,
+    "factorvae_num_eval": 5_000,
+    "factorvae_num_variance": 10_000,
+    "factorvae_prune_threshold": 0.05,
+    "betavae_batch_size": 64,
+    "betavae_num_train": 10_000,
+    "betavae_num_eval": 5_000,
+    "betavae_standardize": True,
+    "knn_k": 5,
+}
+_CHOICES = {"tc_estimator": ("mss", "mws"), "structure_source": ("sample", "test"),
+            "dci_estimator": ("binned", "sklearn")}
+_BOOLS = ("sap_standardize", "betavae_standardize")
+_FLOATS = {"active_threshold": (0.0, float("inf")), "factorvae_prune_threshold": (0.0, float("inf"))}
+_MINIMUM = {"factorvae_batch_size": 2, "betavae_batch_size": 1, "mig_bins": 2, "dci_max_bins": 2, "tc_points": 2,
+            "num_points": 2, "num_test_points": 1}
+# stream of each metric's random draws: default_rng([seed, stream])
+_STREAM = {name: i + 1 for i, name in enumerate(METRICS)}
+
+
+def resolve_settings(cfg_metrics: Mapping[str, Any] | None) -> dict[str, Any]:
+    """:data:`DEFAULTS` updated by ``cfg_metrics``, every value checked; a bad key or value
+    raises a ConfigError naming ``metrics.<key>``. ``enabled`` becomes a tuple of names."""
+    cfg = dict(cfg_metrics or {})
+    unknown = sorted(set(cfg) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(f"metrics.{unknown[0]}", cfg[unknown[0]], f"a key among {', '.join(DEFAULTS)}")
+    s = {**DEFAULTS, **{k: v for k, v in cfg.items() if v is not None}}
+    enabled = s["enabled"]
+    if isinstance(enabled, bool):
+        s["enabled"] = METRICS if enabled else ()
+    elif isinstance(enabled, str) or not hasattr(enabled, "__iter__"):
+        raise ConfigError("metrics.enabled", enabled, f"true, false or a list of {', '.join(METRICS)}")
+    else:
+        names = tuple(str(n) for n in enabled)
+        for name in names:
+            if name not in METRICS:
+                raise ConfigError("metrics.enabled", name, METRICS)
+        s["enabled"] = names
+    for key, value in s.items():
+        if key == "enabled":
+            continue
+        if key in _CHOICES:
+            if value not in _CHOICES[key]:
+                raise ConfigError(f"metrics.{key}", value, _CHOICES[key])
+        elif key in _BOOLS:
+            if not isinstance(value, bool):
+                raise ConfigError(f"metrics.{key}", value, "true or false")
+        elif key in _FLOATS:
+            s[key] = number(f"metrics.{key}", value, *_FLOATS[key])
+        else:
+            s[key] = number(f"metrics.{key}", value, _MINIMUM.get(key, 1), integer=True)
+    return s
+
+
+@contextmanager
+def _eval_mode(module: torch.nn.Module) -> Iterator[None]:
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        module.train(was_training)
+
+
+def _device(module: Any) -> torch.device:
+    device = getattr(module, "device", None)
+    if isinstance(device, torch.device):
+        return device
+    try:
+        return next(module.parameters()).device
+    except (StopIteration, AttributeError):
+        return torch.device("cpu")
+
+
+def _choose(idx: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` distinct entries of ``idx`` in random order (all of them when there are fewer)."""
+    return rng.permutation(idx)[: min(n, len(idx))]
+
+
+def _batched(fn: Callable[[torch.Tensor], Any], device: torch.device,
+             batch_size: int) -> Callable[[torch.Tensor], np.ndarray]:
+    def run(images: torch.Tensor) -> np.ndarray:
+        out = [to_numpy(fn(images[i:i + batch_size].to(device))) for i in range(0, len(images), batch_size)]
+        return np.concatenate(out, axis=0)
+    return run
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = time.perf_counter() - start
+        log.info("metrics: %s in %.1f s", name, self.seconds[name])
+
+
+def evaluate_model(module: Any, imageset: Any, test_idx: Any, cfg_metrics: Mapping[str, Any] | None,
+                   seed: int, *, train_idx: Any = None) -> dict[str, float]:
+    """The ``test/*`` metrics of DESIGN section 4 for ``module`` on ``imageset``.
+
+    Reconstruction and latent metrics use images of ``test_idx``; structure metrics need
+    ``imageset.factors``, the probes ``imageset.labels`` (trained on ``train_idx`` images when
+    given, else on part of ``test_idx`` and scored on the rest). Keys of disabled or
+    inapplicable metrics are absent.
+    """
+    s = resolve_settings(cfg_metrics)
+    enabled = set(s["enabled"])
+    out: dict[str, float] = {}
+    if not enabled:
+        return out
+    test_idx = np.asarray(to_numpy(test_idx, dtype=np.int64)).reshape(-1)
+    if len(test_idx) == 0:
+        raise ValueError("evaluate_model: test_idx is empty")
+    device = _device(module)
+    bs = s["batch_size"]
+    rngs = {name: np.random.default_rng([int(seed), stream]) for name, stream in _STREAM.items()}
+    timer = _Timer()
+
+    def encode_idx(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        mus, logvars = [], []
+        for i in range(0, len(idx), bs):
+            mu, logvar = module.encode(imageset.batch(idx[i:i + bs]).to(device))
+            mus.append(to_numpy(mu))
+            logvars.append(to_numpy(logvar))
+        return np.concatenate(mus), np.concatenate(logvars)
+
+    with _eval_mode(module):
+        if enabled & {"mse", "psnr"}:
+            with timer("mse/psnr"):
+                idx = _choose(test_idx, s["recon_points"], rngs["mse"])
+                mses, psnrs = [], []
+                for i in range(0, len(idx), bs):
+                    x = imageset.batch(idx[i:i + bs]).to(device)
+                    x_hat = module.reconstruct(x)
+                    mses.append(mse(x_hat, x, reduction="none").cpu())
+                    psnrs.append(psnr(x_hat, x, reduction="none").cpu())
+                if "mse" in enabled:
+                    out["test/mse"] = float(torch.cat(mses).mean())
+                if "psnr" in enabled:
+                    out["test/psnr"] = float(torch.cat(psnrs).mean())
+        if "active_units" in enabled:
+            with timer("active_units"):
+                mu, _ = encode_idx(_choose(test_idx, s["recon_points"], rngs["active_units"]))
+                out["test/active_units"] = float(active_units(mu, s["active_threshold"]))
+        if enabled & {"total_correlation", "mutual_info"}:
+            with timer("total_correlation/mutual_info"):
+                rng = rngs["total_correlation"]
+                mu, logvar = encode_idx(_choose(test_idx, s["tc_points"], rng))
+                z = mu + np.exp(0.5 * logvar) * rng.standard_normal(mu.shape)
+                terms = aggregate_posterior_terms(z, mu, logvar, len(test_idx), s["tc_estimator"])
+                if "total_correlation" in enabled:  # Chen et al. 2018, eq. 2
+                    out["test/total_correlation"] = float(np.mean(terms["log_qz"] - terms["log_prod_qzd"]))
+                if "mutual_info" in enabled:
+                    out["test/mutual_info"] = float(np.mean(terms["log_qz_x"] - terms["log_qz"]))
+        if "iwae_nll" in enabled:
+            with timer("iwae_nll"):
+                idx = _choose(test_idx, s["iwae_points"], rngs["iwae_nll"])
+                chunk = max(1, min(bs, s["iwae_max_samples"] // s["iwae_k"]))
+                values = []
+                for n_batch, i in enumerate(range(0, len(idx), chunk)):
+                    x = imageset.batch(idx[i:i + chunk]).to(device)
+                    values.append(iwae_nll(module.encode, module.log_likelihood, x, s["iwae_k"],
+                                           seed=int(seed) * 100_003 + n_batch,
+                                           max_samples=s["iwae_max_samples"]).cpu())
+                out["test/iwae_nll"] = float(torch.cat(values).mean())
+        if getattr(imageset, "factors", None) is not None and enabled & set(FACTOR_METRICS):
+            out.update(_structure(module, imageset, test_idx, s, enabled, rngs, int(seed), device, encode_idx, timer))
+        if getattr(imageset, "labels", None) is not None and enabled & set(LABEL_METRICS):
+            with timer("probes"):
+                rng = rngs["linear_probe_acc"]
+                labels = to_numpy(imageset.labels, dtype=np.int64)
+                if train_idx is not None:
+                    tr = _choose(np.asarray(to_numpy(train_idx, dtype=np.int64)).reshape(-1), s["num_points"], rng)
+                    te = _choose(test_idx, s["num_test_points"], rng)
+                else:  # train on two thirds of the test images, score on the rest
+                    perm = rng.permutation(test_idx)
+                    cut = min(s["num_points"], (2 * len(perm)) // 3)
+                    tr, te = perm[:cut], perm[cut:cut + s["num_test_points"]]
+                if len(tr) < 2 or len(te) < 1:
+                    log.warning("metrics: too few labelled images for the probes (%d train, %d test)", len(tr), len(te))
+                else:
+                    c_tr, c_te = encode_idx(tr)[0], encode_idx(te)[0]
+                    if "linear_probe_acc" in enabled:
+                        out["test/linear_probe_acc"] = linear_probe_acc(c_tr, labels[tr], c_te, labels[te],
+                                                                        seed=int(seed))
+                    if "knn_acc" in enabled:
+                        out["test/knn_acc"] = knn_acc(c_tr, labels[tr], c_te, labels[te], k=s["knn_k"])
+    log.info("metrics: %s", ", ".join(f"{k}={v:.4g}" for k, v in out.items()))
+    return out
+
+
+def _structure(module: Any, imageset: Any, test_idx: np.ndarray, s: dict[str, Any], enabled: set[str],
+               rngs: dict[str, np.random.Generator], seed: int, device: torch.device,
+               encode_idx: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], timer: _Timer) -> dict[str, float]:
+    out: dict[str, float] = {}
+    represent = _batched(module.represent, device, s["batch_size"])
+    n_train, n_test = s["num_points"], s["num_test_points"]
+    if enabled & {"mig", "sap", "dci"}:
+        with timer("codes for mig/sap/dci"):
+            rng = rngs["mig"]
+            if s["structure_source"] == "sample":
+                factors = np.asarray(imageset.sample_factors(n_train + n_test, rng), dtype=np.int64)
+                codes = codes_for_classes(represent, imageset, factors, chunk_size=4 * s["batch_size"])
+            else:
+                idx = rng.choice(test_idx, size=n_train + n_test, replace=len(test_idx) < n_train + n_test)
+                codes = encode_idx(idx)[0]
+                factors = np.asarray(imageset.factors)[idx]
+        train = (codes[:n_train], factors[:n_train])
+        test = (codes[n_train:], factors[n_train:])
+        if "mig" in enabled:
+            with timer("mig"):
+                out["test/mig"] = mig(*train, num_bins=s["mig_bins"])
+        if "sap" in enabled:
+            with timer("sap"):
+                out["test/sap"] = sap(*train, *test, standardize=s["sap_standardize"])
+        if "dci" in enabled:
+            with timer("dci"):
+                scores = dci(*train, *test, estimator=s["dci_estimator"], max_bins=s["dci_max_bins"], seed=seed)
+            out.update({f"test/dci_{k}": v for k, v in scores.items()})
+    for name, fn, kwargs in (
+        ("factorvae_score", factorvae_score, {
+            "batch_size": s["factorvae_batch_size"], "num_train": s["factorvae_num_train"],
+            "num_eval": s["factorvae_num_eval"], "num_variance_estimate": s["factorvae_num_variance"],
+            "prune_threshold": s["factorvae_prune_threshold"]}),
+        ("betavae_score", betavae_score, {
+            "batch_size": s["betavae_batch_size"], "num_train": s["betavae_num_train"],
+            "num_eval": s["betavae_num_eval"], "standardize": s["betavae_standardize"]}),
+    ):
+        if name not in enabled:
+            continue
+        with timer(name):
+            try:
+                stream_seed = int(rngs[name].integers(2**31))
+                out[f"test/{name}"] = float(fn(represent, imageset, stream_seed,
+                                               chunk_size=4 * s["batch_size"], **kwargs))
+            except NotImplementedError as err:  # a set that cannot render factor classes
+                log.warning("metrics: %s skipped: %s", name, err)
+    return out

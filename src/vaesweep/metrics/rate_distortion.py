@@ -1,0 +1,53 @@
+"""The reconstruction side of the trade-off: distortion and rate of a model on a batch, and
+per-pixel MSE and PSNR of reconstructions (DESIGN.md section 1)."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from vaesweep.metrics.latent import kl_per_dim
+
+Encode = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+LogLikelihood = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@torch.no_grad()
+def rate_distortion(encode: Encode, log_likelihood: LogLikelihood, x: torch.Tensor,
+                    seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(distortion, rate), each (B,) nats per example: D = -log p(x|z) for one z ~ q(z|x)
+    (seeded), summed over elements; R = KL(q(z|x) || N(0, I)) in closed form, summed over
+    latent dimensions."""
+    mu, logvar = encode(x)
+    gen = torch.Generator(device=mu.device).manual_seed(int(seed))
+    eps = torch.randn(mu.shape, generator=gen, device=mu.device, dtype=mu.dtype)
+    z = mu + torch.exp(0.5 * logvar) * eps
+    return -log_likelihood(x, z), kl_per_dim(mu, logvar).sum(-1)
+
+
+def _per_image_mse(x_hat: Any, x: Any) -> torch.Tensor:
+    x_hat, x = torch.as_tensor(x_hat), torch.as_tensor(x)
+    if x_hat.shape != x.shape:
+        raise ValueError(f"reconstruction shape {tuple(x_hat.shape)} != data shape {tuple(x.shape)}")
+    diff = (x_hat.to(torch.float64) - x.to(torch.float64)).reshape(len(x), -1)
+    return diff.pow(2).mean(1)
+
+
+def mse(x_hat: Any, x: Any, reduction: str = "mean") -> Any:
+    """Per-pixel mean squared error of reconstructions ``x_hat`` against ``x`` (B, ...):
+    per image (``reduction="none"``, a (B,) tensor) or its mean over images (a float)."""
+    per_image = _per_image_mse(x_hat, x)
+    return per_image if reduction == "none" else float(per_image.mean())
+
+
+def psnr(x_hat: Any, x: Any, data_range: float = 1.0, reduction: str = "mean") -> Any:
+    """Peak signal-to-noise ratio in dB, 10 log10(data_range^2 / MSE), per image, then
+    averaged over images (``reduction="mean"``). Images are in [0, data_range]; the MSE is
+    floored at 1e-10 so a perfect reconstruction scores 100 dB at data_range 1."""
+    per_image = _per_image_mse(x_hat, x).clamp_min(1e-10)
+    values = 10.0 * torch.log10(data_range**2 / per_image)
+    return values if reduction == "none" else float(values.mean())
+
+
+__all__ = ["mse", "psnr", "rate_distortion"]
