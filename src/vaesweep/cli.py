@@ -6,11 +6,16 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from vaesweep.errors import VaesweepError
 
 log = logging.getLogger("vaesweep")
+
+#: the ``_target_`` a config may name for ``hydra.utils.instantiate`` anywhere in the app (Hydra
+#: callbacks, logging handlers beyond Hydra's own): none. Call sites add what they need
+#: (the sweepers: optuna.samplers.*, optuna.pruners.*), so a config cannot run other code.
+EXECUTION_WHITELIST: tuple[str, ...] = ()
 
 _REPO = Path(__file__).resolve().parents[2]
 CONF_DIR = Path(os.environ.get("VAESWEEP_CONF_DIR", _REPO / "conf"))
@@ -29,19 +34,29 @@ def _quiet_lightning() -> None:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(NoTips())
 
 
+def fail(e: VaesweepError) -> NoReturn:
+    """A user error as one line on stderr, and its exit code (no traceback)."""
+    print(f"vaesweep: error: {e}", file=sys.stderr)
+    raise SystemExit(e.exit_code) from None
+
+
 def _task(cfg: Any) -> Any:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from vaesweep.train import objectives, run_job
+    from vaesweep.train import machine_fault, objectives, run_job
 
     _quiet_lightning()
     try:
         metrics = run_job(cfg)
     except VaesweepError as e:
         if HydraConfig.get().mode == RunMode.RUN:
-            print(f"vaesweep: error: {e}", file=sys.stderr)
-            raise SystemExit(e.exit_code) from None
+            fail(e)
+        raise
+    except Exception as e:
+        if HydraConfig.get().mode == RunMode.RUN and machine_fault(e):  # disk full, read-only
+            fail(VaesweepError(f"the run stopped on a fault of the machine: "
+                               f"{type(e).__name__}: {e}"[:1000]))
         raise
     return objectives(cfg, metrics)
 
@@ -55,7 +70,8 @@ def hydra_main() -> Any:
         print(f"vaesweep: error: no config folder at {CONF_DIR} (set VAESWEEP_CONF_DIR)",
               file=sys.stderr)
         raise SystemExit(2)
-    return hydra.main(config_path=str(CONF_DIR), config_name="config")(_task)()
+    return hydra.main(config_path=str(CONF_DIR), config_name="config",
+                      execution_whitelist=EXECUTION_WHITELIST)(_task)()
 
 
 SUBCOMMANDS: dict[str, str] = {

@@ -37,6 +37,9 @@ class VAEModule(L.LightningModule):
         self._val_mu: list[torch.Tensor] = []
         self._val_kl: list[torch.Tensor] = []
         self._beta_trace: list[tuple[int, float]] = []
+        #: (step, beta_eff, loss, distortion, rate) of the first non-finite step, on the device
+        self._first_bad: torch.Tensor | None = None
+        self._channels_last = False
 
     # -- the model, usable without a Trainer --------------------------------------------
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,24 +61,97 @@ class VAEModule(L.LightningModule):
         return -self.head.nll(self.decoder(z), x).flatten(1).sum(1)
 
     def terms(self, x: torch.Tensor) -> tuple[LossTerms, torch.Tensor]:
+        if self._channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         mu, logvar = self.encoder(x)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
         nll = self.head.nll(self.decoder(z), x)
         return self.kl(nll, kl_per_dim(mu, logvar)), mu
 
+    # -- opt-in speed-ups (conf/trainer/gpu.yaml, README "Performance") ---------------------
+    def use_fast_path(self, compile: bool | str = False, channels_last: bool = False) -> "VAEModule":
+        """``compile``: ``torch.compile`` the encoder and decoder in place (true, or a mode
+        such as ``"max-autotune"``); state_dict keys do not change, so checkpoints stay
+        interchangeable. The loss is left eager: beta_eff is a Python float that changes with
+        schedules, and a compiled loss would recompile for each value. ``channels_last``:
+        NHWC memory for the convolution weights and the input batches."""
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+            self._channels_last = True
+        if compile:
+            kwargs = {} if compile is True else {"mode": str(compile)}
+            self.encoder.compile(**kwargs)
+            self.decoder.compile(**kwargs)
+        return self
+
     # -- training -------------------------------------------------------------------------
     def training_step(self, x: torch.Tensor, batch_idx: int) -> torch.Tensor:
         t, _ = self.terms(x)
-        if not torch.isfinite(t.loss):
-            # stop at once: a NaN/inf loss only poisons the weights from here on
-            raise FloatingPointError(
-                f"non-finite loss at step {self.global_step}: loss={float(t.loss)}, "
-                f"distortion={float(t.distortion.mean())}, rate={float(t.rate.mean())}, "
-                f"beta_eff={t.beta_eff}")
+        log_now = self._log_this_step()
+        if self.device.type == "cpu":
+            if not torch.isfinite(t.loss):
+                # stop at once: a NaN/inf loss only poisons the weights from here on
+                self._raise_non_finite(self.global_step, t.loss, t.distortion.mean(),
+                                       t.rate.mean(), t.beta_eff)
+        else:
+            # on an accelerator, reading the flag every step would wait for the device at
+            # every step: remember the first bad step there, read it when logging anyway
+            self._watch_finite(t)
+            if log_now:
+                self.check_finite()
         self.kl.observe(t)
         self._beta_trace.append((self.global_step, t.beta_eff))
-        self._log_terms("train", t, on_step=True)
+        if log_now:
+            self._log_terms("train", t, on_step=True)
         return t.loss
+
+    def _log_this_step(self) -> bool:
+        """Whether this step's ``train/*`` terms go through ``self.log``: Lightning writes
+        step values to the logger only every ``log_every_n_steps`` steps, and each
+        ``self.log`` call costs about 0.5 ms of Python, so only those steps (and the last
+        one, for ``callback_metrics``) call it."""
+        trainer = self._trainer
+        if trainer is None:
+            return True
+        step = self.global_step + 1
+        return (step % max(1, trainer.log_every_n_steps) == 0 or step == trainer.max_steps
+                or trainer.should_stop)
+
+    @staticmethod
+    def _raise_non_finite(step: Any, loss: Any, distortion: Any, rate: Any, beta_eff: Any) -> None:
+        raise FloatingPointError(
+            f"non-finite loss at step {int(step)}: loss={float(loss)}, distortion={float(distortion)}, "
+            f"rate={float(rate)}, beta_eff={float(beta_eff)}")
+
+    def _watch_finite(self, t: LossTerms) -> None:
+        """Records, on the device and without waiting for it, the first step whose loss is
+        not finite, with its terms (read by :meth:`check_finite`)."""
+        terms = torch.stack([t.loss.detach().float(), t.distortion.detach().float().mean(),
+                             t.rate.detach().float().mean()])
+        head = terms.new_empty(2)
+        head[0], head[1] = float(self.global_step), float(t.beta_eff)  # fills, not copies
+        values = torch.cat([head, terms])
+        if self._first_bad is None or self._first_bad.device != values.device:
+            self._first_bad = torch.full_like(values, float("nan"))
+        fresh = ~torch.isfinite(values[2]) & torch.isnan(self._first_bad[0])
+        self._first_bad = torch.where(fresh, values, self._first_bad)
+
+    def check_finite(self) -> None:
+        """Raises FloatingPointError if a step recorded by :meth:`_watch_finite` had a
+        non-finite loss (on CPU the check is made at every step instead)."""
+        if self._first_bad is not None and not bool(torch.isnan(self._first_bad[0])):
+            step, beta_eff, loss, distortion, rate = self._first_bad.tolist()
+            self._first_bad = None
+            self._raise_non_finite(step, loss, distortion, rate, beta_eff)
+
+    def on_train_epoch_end(self) -> None:
+        self.check_finite()
+
+    def on_validation_start(self) -> None:
+        self.check_finite()
+
+    def on_train_end(self) -> None:
+        self.check_finite()
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)
@@ -95,7 +171,7 @@ class VAEModule(L.LightningModule):
         kl_dim = torch.stack(self._val_kl).sum(0) / n
         self._val_mu.clear(), self._val_kl.clear()
         # Burda et al. 2016: unit u is active when Cov_x(E_q[z_u|x]) > 0.01
-        metrics = {"val/active_units": float((mu.var(0) > 0.01).sum()) if n > 1 else 0.0}
+        metrics = {"val/active_units": float((mu.var(0, correction=0) > 0.01).sum()) if n > 1 else 0.0}
         metrics.update({f"val/kl_dim_{j}": float(v) for j, v in enumerate(kl_dim)})
         sigma = self.head.sigma()
         if sigma is not None:

@@ -2,6 +2,7 @@
 record everything in one MLflow run. Returns the metrics; the CLI returns the objectives."""
 from __future__ import annotations
 
+import errno
 import inspect
 import logging
 import math
@@ -22,6 +23,7 @@ from vaesweep.module import OPTIMIZERS, VAEModule
 from vaesweep.names import METRIC_NAMES, is_metric_name
 from vaesweep.tracking import (TAG_COMMIT, TAG_PARENT, TAG_SWEEP, TAG_TRIAL, TrackedRun,
                                flatten, git_commit)
+from vaesweep.tracking.run import check_store
 from vaesweep.tracking.plots import kl_per_dim_figure, reconstructions_figure, traversals_figure
 
 log = logging.getLogger(__name__)
@@ -50,8 +52,9 @@ def check_job(c: Mapping[str, Any]) -> None:
             raise ConfigError("objective", name, "metric names of DESIGN §4: " + ", ".join(METRIC_NAMES))
     accepted = set(inspect.signature(L.Trainer.__init__).parameters) - {"self"}
     for key in c.get("trainer", {}):
-        if key not in accepted:
+        if key not in accepted and key not in FAST_PATH:
             raise ConfigError(f"trainer.{key}", c["trainer"][key], "a lightning.Trainer argument")
+    check_fast_path(c.get("trainer", {}))
     optim = c.get("optim") or {}
     if optim.get("name") not in OPTIMIZERS:
         raise ConfigError("optim.name", optim.get("name"), sorted(OPTIMIZERS))
@@ -172,6 +175,18 @@ def job_tags(study: Mapping[str, Any]) -> dict[str, str]:
     return {k: str(v) for k, v in tags.items()}
 
 
+def run_name(c: Mapping[str, Any], study: Mapping[str, Any]) -> str:
+    """``tracking.run_name``, else ``<sweep>-<trial>`` in a sweep, else head-weighting-random.
+    (MLflow's own random names would repeat: the job seeds Python's RNG before the run.)"""
+    import secrets
+    if c["tracking"].get("run_name"):
+        return str(c["tracking"]["run_name"])
+    tags = job_tags(study)
+    if TAG_SWEEP in tags and TAG_TRIAL in tags:
+        return f"{tags[TAG_SWEEP]}-{tags[TAG_TRIAL]}"
+    return f"{c['likelihood']['name']}-{c['kl']['name']}-{secrets.token_hex(3)}"
+
+
 def sweeper_setting(key: str) -> Any:
     from hydra.core.hydra_config import HydraConfig
     if not HydraConfig.initialized():
@@ -196,6 +211,106 @@ def cpu_threads(c: Mapping[str, Any]) -> int | None:
     return None
 
 
+# -- speed (README "Performance", benchmarks/) ----------------------------------------------
+#: keys of the ``trainer`` node that are not lightning.Trainer arguments: the job's fast path
+#: (conf/trainer/gpu.yaml); the job takes them out before it builds the Trainer
+FAST_PATH: dict[str, Any] = {"compile": False, "channels_last": False, "data_on_device": "auto"}
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def check_fast_path(trainer: Mapping[str, Any]) -> None:
+    value = trainer.get("compile", False)
+    if not isinstance(value, bool) and value not in COMPILE_MODES:
+        raise ConfigError("trainer.compile", value, ["false", "true", *COMPILE_MODES])
+    value = trainer.get("channels_last", False)
+    if not isinstance(value, bool):
+        raise ConfigError("trainer.channels_last", value, "true or false")
+    value = trainer.get("data_on_device", "auto")
+    if not (isinstance(value, bool) or value == "auto"):
+        raise ConfigError("trainer.data_on_device", value, "auto, true or false")
+
+
+def fast_path(trainer_cfg: dict[str, Any]) -> dict[str, Any]:
+    """Takes the :data:`FAST_PATH` keys out of ``trainer_cfg``, with their defaults."""
+    return {k: trainer_cfg.pop(k, default) for k, default in FAST_PATH.items()}
+
+
+def tune_allocator() -> None:
+    """Keeps memory freed by one training step for the next instead of handing it back to the
+    kernel. With glibc's defaults, blocks above a sliding mmap threshold are unmapped when
+    freed and the heap top is trimmed, so every step faults its activations in again: conv64
+    at batch 64 took about 13,000 minor page faults per step and a third more CPU time than
+    with this setting (benchmarks/RESULTS.md). Blocks up to 32 MiB (glibc's maximum) then come
+    from the heap, and up to 1 GiB of free heap is kept. Process-wide and idempotent; does
+    nothing off glibc, or when ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_`` or
+    ``GLIBC_TUNABLES`` choose for themselves."""
+    import os
+    import platform
+    if platform.system() != "Linux" or any(
+            k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")):
+        return
+    import ctypes
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and others
+        return
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024)
+    mallopt(M_TRIM_THRESHOLD, 1024 * 1024 * 1024)
+
+
+def gpu_memory_share(c: Mapping[str, Any]) -> float | None:
+    """Under a parallel launcher on a GPU machine, each job's share of the device memory
+    (1 / n_jobs), so several small trials share one GPU without one taking it all."""
+    if str(c.get("trainer", {}).get("accelerator", "cpu")) == "cpu" or not torch.cuda.is_available():
+        return None
+    from hydra.core.hydra_config import HydraConfig
+    if HydraConfig.initialized():
+        n_jobs = int(HydraConfig.get().launcher.get("n_jobs") or 1)
+        if n_jobs > 1:
+            return 1.0 / n_jobs
+    return None
+
+
+try:
+    from lightning.pytorch.callbacks import RichProgressBar as _RichBar
+except ImportError:  # pragma: no cover
+    _RichBar = Callback  # type: ignore[misc,assignment]
+
+
+class SparseProgressBar(_RichBar):  # type: ignore[misc,valid-type]
+    """Lightning's rich progress bar, updated every ``every`` training batches and redrawn
+    at most twice a second. Lightning's default redraws up to 100 times a second from a
+    thread and reads the logged values (a device sync on GPU) at every batch: about 10 ms a
+    step on a small CPU model (benchmarks/RESULTS.md)."""
+
+    def __init__(self, every: int) -> None:
+        super().__init__(refresh_rate=2)
+        self.every = max(1, int(every))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        last = trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps
+        if (batch_idx + 1) % self.every == 0 or last:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+
+def progress_bar(trainer_cfg: Mapping[str, Any], callbacks: Sequence[Callback] = ()) -> list[Callback]:
+    """The progress bar callback when the Trainer shows one and ``callbacks`` bring none
+    (see :class:`SparseProgressBar`)."""
+    from lightning.pytorch.callbacks import ProgressBar
+    if not trainer_cfg.get("enable_progress_bar", True) or any(
+            isinstance(cb, ProgressBar) for cb in callbacks):
+        return []
+    every = int(trainer_cfg.get("log_every_n_steps") or 50)
+    try:
+        import rich  # noqa: F401
+    except ImportError:
+        from lightning.pytorch.callbacks import TQDMProgressBar
+        return [TQDMProgressBar(refresh_rate=every)]
+    return [SparseProgressBar(every)]
+
+
 def output_dir() -> Path:
     from hydra.core.hydra_config import HydraConfig
     if HydraConfig.initialized():
@@ -203,23 +318,225 @@ def output_dir() -> Path:
     return Path.cwd() / "outputs" / time.strftime("%Y-%m-%d_%H-%M-%S")
 
 
+#: faults of the machine, not of a job: the disk is full or read-only
+MACHINE_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT)
+
+
+def machine_fault(e: BaseException | None) -> bool:
+    """Whether ``e`` (or what caused it) is a fault of the machine that every next job would
+    hit too; the sweeper stops rather than failing trial after trial."""
+    while e is not None:
+        if isinstance(e, OSError) and e.errno in MACHINE_ERRNOS:
+            return True
+        if "database or disk is full" in str(e) or "readonly database" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+# -- resuming a killed run ------------------------------------------------------------------
+#: written next to the checkpoints: a run resumed from them continues this MLflow run
+RUN_ID_FILE = "mlflow_run_id"
+
+
+def resolve_ckpt(value: Any, out: Path) -> Path | None:
+    """``ckpt_path`` as an existing file: ``last`` is this run's ``checkpoints/last.ckpt``."""
+    if value in (None, ""):
+        return None
+    if str(value) == "last":
+        path = out / "checkpoints" / "last.ckpt"
+        if not path.is_file():
+            raise ConfigError("ckpt_path", "last", f"a run whose folder holds {path}",
+                              "`last` is looked up in this run's output folder: set "
+                              "hydra.run.dir=<the killed run's folder>, or give the checkpoint's path")
+        return path
+    path = Path(str(value)).expanduser()
+    if not path.is_file():
+        raise ConfigError("ckpt_path", str(value), "null, last, or the path of a checkpoint file",
+                          f"{path} does not exist")
+    return path
+
+
+def check_checkpoint(path: Path, value: Any, module: VAEModule) -> None:
+    """The checkpoint loads without unpickling code (``weights_only=True``) and fits the model."""
+    import pickle
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+        lines = [l.strip() for l in str(e).splitlines() if l.strip()] or [""]
+        # torch explains at length; the line that names what the file wanted to load:
+        why = next((l.split("error:", 1)[-1].strip() for l in lines
+                    if "GLOBAL" in l or "Unpickler error:" in l), lines[0])
+        raise ConfigError("ckpt_path", str(value), "a Lightning checkpoint that loads with "
+                          "torch.load(weights_only=True)", f"{type(e).__name__}: {why[:300]}") from None
+    state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict) or "optimizer_states" not in ckpt:
+        raise ConfigError("ckpt_path", str(value), "a Lightning training checkpoint "
+                          "(with state_dict and optimizer_states)")
+    want = {k: tuple(v.shape) for k, v in module.state_dict().items() if hasattr(v, "shape")}
+    have = {k: tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")}
+    if want != have:
+        diff = sorted(set(want.items()) ^ set(have.items()))[:3]
+        raise ConfigError("ckpt_path", str(value), "a checkpoint of this model (same model, "
+                          "head and latent_dim)", f"differs in {diff}")
+
+
+def checkpoint_run_id(path: Path) -> str | None:
+    """The MLflow run that wrote the checkpoints in ``path``'s folder, if recorded."""
+    f = path.parent / RUN_ID_FILE
+    return f.read_text().strip() or None if f.is_file() else None
+
+
+def _generator(loader: Any) -> torch.Generator | None:
+    """The torch.Generator that orders a loader's batches (its sampler's, or its own for
+    data.loaders.DeviceBatches), if it has one."""
+    if isinstance(getattr(loader, "generator", None), torch.Generator):
+        return loader.generator
+    for s in (loader, getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
+        for obj in (s, getattr(s, "sampler", None)):
+            if isinstance(getattr(obj, "generator", None), torch.Generator):
+                return obj.generator
+    return None
+
+
+class ResumableBatches:
+    """The training loader, resumable in the middle of an epoch: Lightning keeps its
+    ``state_dict`` (the sampler's generator at the start of the epoch and the batches trained
+    since) in every checkpoint, and a resumed run skips to the same batch of the same order."""
+
+    def __init__(self, loader: Any, trained_in_epoch: Any) -> None:
+        self.loader, self.trained_in_epoch = loader, trained_in_epoch
+        self.generator = _generator(loader)
+        self._epoch_start: torch.Tensor | None = None
+        self._resume: dict[str, Any] | None = None
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        skip = 0
+        if self._resume is not None and self.generator is not None:
+            self.generator.set_state(self._resume["generator"])
+            skip = int(self._resume["batches"])
+        self._resume = None
+        self._epoch_start = None if self.generator is None else self.generator.get_state()
+        it = iter(self.loader)
+        for _ in range(min(skip, len(self.loader))):
+            next(it)
+        return it
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self._epoch_start, "batches": int(self.trained_in_epoch())}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("generator") is not None:
+            self._resume = state
+
+
+def resumable(dm: Any) -> Any:
+    """``dm`` with a training loader that resumes mid-epoch (see :class:`ResumableBatches`)."""
+    make = dm.train_dataloader
+
+    def train_dataloader() -> ResumableBatches:
+        return ResumableBatches(
+            make(), lambda: dm.trainer.fit_loop.epoch_loop.batch_progress.current.completed)
+    dm.train_dataloader = train_dataloader
+    return dm
+
+
+class RandomState(Callback):
+    """Keeps the random generators (torch, numpy, random) in checkpoints and restores them when
+    training resumes, so the reparameterisation noise continues as if never stopped."""
+
+    def __init__(self) -> None:
+        self._restore: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        import random
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        state = {"torch": torch.get_rng_state(), "random": random.getstate(),
+                 "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)]}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._restore = state
+
+    def on_train_start(self, trainer: Any, module: Any) -> None:
+        if self._restore is None:
+            return
+        import random
+        s, self._restore = self._restore, None
+        torch.set_rng_state(s["torch"])
+        random.setstate(s["random"])
+        kind, keys, pos, has_gauss, gauss = s["numpy"]
+        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+        if "cuda" in s and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(s["cuda"])
+
+
+class RunIdFile(Callback):
+    """Writes the MLflow run id beside the checkpoints when training starts (after Lightning
+    has looked whether the checkpoint folder is empty), so a resumed run continues that run."""
+
+    def __init__(self, path: Path, run_id: str) -> None:
+        self.path, self.run_id = path, run_id
+
+    def on_train_start(self, trainer: Any, module: Any) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(self.run_id)
+
+
+def prepare(cfg: DictConfig | Mapping[str, Any], out: Path | None
+            ) -> tuple[dict[str, Any], Any, VAEModule, Path | None]:
+    """Everything a job checks before it trains: the config, the data, the model, the
+    checkpoint to resume from (``out``: the run's folder, None when unknown) and the tracking
+    store. Raises a VaesweepError naming the key at the first bad value."""
+    from vaesweep.data import VAEDataModule
+    c = resolve(cfg)
+    check_job(c)
+    dm = VAEDataModule(c["data"])
+    module = VAEModule(c, dm.imageset.shape)
+    ckpt = None
+    if out is not None or str(c.get("ckpt_path")) != "last":
+        ckpt = resolve_ckpt(c.get("ckpt_path"), out or Path.cwd())
+        if ckpt is not None:
+            check_checkpoint(ckpt, c.get("ckpt_path"), module)
+    check_store(str(c["tracking"]["uri"]))  # last: it may create the store's tables
+    return c, dm, module, ckpt
+
+
+def validate_job(cfg: DictConfig | Mapping[str, Any]) -> None:
+    """Checks a job's config as :func:`run_job` would, without training or tracking (the
+    sweepers check their first job before they touch a study; ``ckpt_path=last`` is in each
+    job's own folder, checked by the job)."""
+    prepare(cfg, None)
+
+
 # -- the job --------------------------------------------------------------------------------
 def run_job(cfg: DictConfig | Mapping[str, Any], tags: Mapping[str, str] | None = None,
             run_id: str | None = None, extra_callbacks: Sequence[Callback] = ()) -> dict[str, float]:
     """Train, test and evaluate one VAE; returns every final metric by its DESIGN §4 name."""
-    from vaesweep.data import VAEDataModule
-
     c = resolve(cfg)
     check_job(c)
     threads = cpu_threads(c)
     if threads:
         torch.set_num_threads(threads)
+    tune_allocator()
+    share = gpu_memory_share(c)
+    if share:
+        torch.cuda.set_per_process_memory_fraction(share)
     L.seed_everything(int(c.get("seed", 0)), workers=True, verbose=False)
-    dm = VAEDataModule(c["data"])
-    module = VAEModule(c, dm.imageset.shape)
     out = output_dir()
+    c, dm, module, ckpt_path = prepare(c, out)
+    resumable(dm)
     trainer_cfg = dict(c["trainer"])
-    ckpt_path = c.get("ckpt_path")
+    fast = fast_path(trainer_cfg)
+    dm.data_on_device = fast["data_on_device"]
+    module.use_fast_path(compile=fast["compile"], channels_last=fast["channels_last"])
+    if ckpt_path is not None:
+        run_id = run_id or _continued_run(c["tracking"]["uri"], ckpt_path)
 
     study = dict(c.get("study") or {})
     tags = {TAG_COMMIT: git_commit(), **job_tags(study), **(tags or {})}
@@ -232,9 +549,10 @@ def run_job(cfg: DictConfig | Mapping[str, Any], tags: Mapping[str, str] | None 
             (o for o in c.get("objective") or [] if str(o).startswith("val/")), "val/loss")
         if sweeper_setting("pruner"):
             callbacks.append(OptunaPruning(trial, monitor))
-    with TrackedRun(c["tracking"]["uri"], c["tracking"]["experiment"],
-                    c["tracking"].get("run_name"), tags=tags, run_id=run_id) as run:
-        log.info("MLflow run %s (%s)", run.run_id, c["tracking"]["uri"])
+    with TrackedRun(c["tracking"]["uri"], c["tracking"]["experiment"], run_name(c, study),
+                    tags=tags, run_id=run_id) as run:
+        log.info("MLflow run %s (%s)%s", run.run_id, c["tracking"]["uri"],
+                 f", resumed from {ckpt_path}" if ckpt_path else "")
         if trial is not None:
             trial.set_user_attr("mlflow_run_id", run.run_id)
         run.log_params({k: v for k, v in flatten(c).items() if k not in PER_JOB})
@@ -243,18 +561,24 @@ def run_job(cfg: DictConfig | Mapping[str, Any], tags: Mapping[str, str] | None 
         logger = MLFlowLogger(tracking_uri=c["tracking"]["uri"], run_id=run.run_id,
                               experiment_name=c["tracking"]["experiment"])
         speed = Throughput()
-        ckpt = ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0)
-        callbacks += [speed, ckpt, BetaTrace(run, trainer_cfg.get("log_every_n_steps", 50))]
+        # checkpoints/last.ckpt after every validation, written atomically (ckpt_path=last);
+        # Lightning writes save_last only along with a top-k checkpoint, so this *is* the top 1
+        ckpt = ModelCheckpoint(dirpath=out / "checkpoints", filename="last", save_top_k=1,
+                               enable_version_counter=False)
+        callbacks += [speed, ckpt, BetaTrace(run, trainer_cfg.get("log_every_n_steps", 50)),
+                      RandomState(), RunIdFile(out / "checkpoints" / RUN_ID_FILE, run.run_id)]
+        callbacks += progress_bar(trainer_cfg, callbacks)
         trainer = L.Trainer(**trainer_cfg, logger=logger, callbacks=callbacks,
                             default_root_dir=str(out))
-        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+        trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None,
+                    weights_only=True)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if "/" in k}
         test = trainer.test(module, datamodule=dm, verbose=False, weights_only=True)
         metrics.update({k: float(v) for k, v in (test[0] if test else {}).items()})
         if c.get("metrics", {}).get("enabled", True):
             from vaesweep.metrics.evaluate import evaluate_model
             evaluated = evaluate_model(module, dm.imageset, dm.test_idx, c.get("metrics", {}),
-                                       int(c.get("seed", 0)))
+                                       int(c.get("seed", 0)), train_idx=dm.train_idx)
             metrics.update(evaluated)
         metrics["system/images_per_second"] = speed.images_per_second
         if speed.steps:
@@ -272,3 +596,18 @@ def run_job(cfg: DictConfig | Mapping[str, Any], tags: Mapping[str, str] | None 
             run.log_artifact(final, "checkpoints")
         metrics["_run_id"] = run.run_id  # type: ignore[assignment]
     return metrics
+
+
+def _continued_run(uri: str, ckpt: Path) -> str | None:
+    """The MLflow run to continue when resuming from ``ckpt``: the one that wrote it, if this
+    tracking store has it."""
+    run_id = checkpoint_run_id(ckpt)
+    if run_id is None:
+        return None
+    from mlflow.tracking import MlflowClient
+    try:
+        MlflowClient(tracking_uri=uri).get_run(run_id)
+    except Exception:
+        log.warning("The checkpoint's MLflow run %s is not in %s: logging to a new run", run_id, uri)
+        return None
+    return run_id

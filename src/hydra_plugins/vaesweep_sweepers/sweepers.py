@@ -11,9 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import socket
-import sys
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -26,29 +23,55 @@ from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
 from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
 from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 log = logging.getLogger("vaesweep.sweep")
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+# what a sweep config may name as _target_ (Hydra's execution whitelist): nothing else runs
+SAMPLER_WHITELIST = ("hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*")
 PRUNER_WHITELIST = ("optuna.pruners.*",)
+SEARCH_SPACE_WHITELIST = ("vaesweep.*",)
 
 
-def pid_alive(pid: int) -> bool:
+def _instantiate(key: str, config: Any, allowed: Sequence[str]) -> Any:
+    """``instantiate`` under an execution whitelist; a refused target is one ConfigError."""
+    from hydra.errors import InstantiationException
+
+    from vaesweep.errors import ConfigError
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return instantiate(config, _execution_whitelist_=tuple(allowed))
+    except InstantiationException as e:
+        target = config.get("_target_") if hasattr(config, "get") else config
+        reason = " ".join(str(e).split())
+        with user_errors():
+            raise ConfigError(f"{key}._target_", target, " or ".join(allowed),
+                              reason[:300] + ("..." if len(reason) > 300 else "")) from None
+
+
+class user_errors:
+    """A VaesweepError raised by a sweeper is one line on stderr and exit code 2, as in a
+    single run (Hydra would print a traceback)."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        from vaesweep.errors import VaesweepError
+        if isinstance(exc, VaesweepError):
+            from vaesweep.cli import fail
+            fail(exc)
         return False
-    except PermissionError:
-        return True
-    return True
 
 
 def fail_stale_trials(study: optuna.Study) -> list[int]:
     """RUNNING trials whose sweep process (same host) is gone are marked FAIL with a reason."""
-    host, failed = socket.gethostname(), []
+    from vaesweep.tracking.stale import TAG_HOST, TAG_PID, TAG_PID_START, owner_alive
+    failed = []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        pid, thost = t.system_attrs.get("vaesweep.pid"), t.system_attrs.get("vaesweep.host")
-        if pid is None or thost != host or pid_alive(int(pid)):
+        a = t.system_attrs
+        pid, thost = a.get(TAG_PID), a.get(TAG_HOST)
+        if owner_alive({TAG_HOST: thost, TAG_PID: pid, TAG_PID_START: a.get(TAG_PID_START)}) \
+                is not False:
             continue
         reason = f"stale: the sweep process {pid} on {thost} died while the trial ran"
         study._storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)
@@ -57,6 +80,18 @@ def fail_stale_trials(study: optuna.Study) -> list[int]:
     if failed:
         log.warning("Marked %d stale trial(s) FAIL: %s", len(failed), failed)
     return failed
+
+
+def representative(dist: Any) -> Any:
+    """A value inside an Optuna distribution (its middle; the first choice)."""
+    if isinstance(dist, optuna.distributions.CategoricalDistribution):
+        return dist.choices[0]
+    lo, hi = dist.low, dist.high
+    mid = math.sqrt(lo * hi) if getattr(dist, "log", False) and lo > 0 else (lo + hi) / 2
+    step = getattr(dist, "step", None)
+    if step:
+        mid = lo + round((mid - lo) / step) * step
+    return int(round(mid)) if isinstance(dist, optuna.distributions.IntDistribution) else mid
 
 
 def objective_names(config: DictConfig) -> list[str]:
@@ -76,18 +111,55 @@ class _ParentMixin:
 
     def _open_parent(self, study: str | None, resume: bool):
         from vaesweep.sweep.parent import open_parent, sweep_settings
+        from vaesweep.tracking.stale import close_stale_runs
         s = sweep_settings(self.config)
         self.sweep_name = s["sweep"]
+        close_stale_runs(s["uri"], s["experiment"], s["sweep"])
         parent = open_parent(s["uri"], s["experiment"], s["sweep"], study, resume)
         self.launcher.extra = [f"study.parent_run_id={parent.run_id}"]
         return parent
 
+    def _check_tracking(self) -> None:
+        """The MLflow store opens (its tables created) before a study is written, so a store
+        that cannot be written (read-only, disk full) leaves no study behind."""
+        from mlflow.tracking import MlflowClient
+
+        from vaesweep.sweep.parent import sweep_settings
+        from vaesweep.tracking.run import check_store, store_error
+        s = sweep_settings(self.config)
+        check_store(s["uri"])
+        try:
+            MlflowClient(tracking_uri=s["uri"]).get_experiment_by_name(s["experiment"])
+        except Exception as e:
+            raise store_error(s["uri"], e) from None
+
+    def _check_first_job(self, overrides: Sequence[str], swept: Sequence[str] = ()) -> None:
+        """Composes and checks the config of a job of this sweep before any study, trial or
+        run is written: an error that every job would hit stops the sweep with one line.
+        An error on a swept key belongs to that value only; its trials fail and the sweep goes on."""
+        from vaesweep.errors import VaesweepError
+        from vaesweep.train import validate_job
+        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        with open_dict(cfg):
+            del cfg["hydra"]
+        try:
+            validate_job(cfg)
+        except VaesweepError as e:
+            if getattr(e, "key", None) in swept:
+                log.warning("A value of the swept key %s is invalid; those trials will fail: %s",
+                            e.key, e)
+                return
+            raise
+
 
 # -- Optuna ----------------------------------------------------------------------------------
 class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
-    def __init__(self, *args: Any, pruner: Any = None) -> None:
+    def __init__(self, *args: Any, pruner: Any = None, max_failures_in_a_row: int = 0,
+                 custom_search_space: Any = None) -> None:
         super().__init__(*args)
         self.pruner = pruner
+        self.max_failures_in_a_row = int(max_failures_in_a_row or 0)
+        self.custom_search_space_extender = custom_search_space
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
@@ -104,18 +176,54 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
             from vaesweep.errors import ConfigError
             raise ConfigError("objective", names, f"{len(directions)} metric name(s), one per "
                               f"direction in hydra.sweeper.direction={directions}")
+        self._process_searchspace_config()
+        space, fixed, fixed_overrides = self._search_space(arguments)
+        self._check_first_job([f"{k}={representative(d)}" for k, d in space.items()]
+                              + [f"{k}={v}" for k, v in fixed.items()] + list(fixed_overrides),
+                              swept=list(space))
+        self._check_storage()
+        self._check_tracking()
         study = self._load_study(directions, names)
         with self._open_parent(study_name, resume=True) as parent:
             study.set_user_attr("mlflow_parent_run_id", parent.run_id)
             self._optimize(study, arguments, directions, names)
             self._summarise(study, parent, names)
 
-    def _load_study(self, directions: Sequence[str], names: Sequence[str]) -> optuna.Study:
+    def _check_storage(self) -> None:
+        """The Optuna storage URL is well formed and its database answers (before anything is
+        written anywhere)."""
         from vaesweep.errors import ConfigError
+        from vaesweep.tracking.run import check_store
+        if self.storage is None:  # in memory
+            return
+        key = ("hydra.sweeper.storage", "an Optuna RDB URL such as sqlite:///optuna.db or "
+               "postgresql://user@host/db, of a reachable database")
+        if not isinstance(self.storage, str) or "://" not in self.storage:
+            raise ConfigError(key[0], self.storage, key[1])
+        check_store(self.storage, key)
+
+    def _load_study(self, directions: Sequence[str], names: Sequence[str]) -> optuna.Study:
+        import random
+        import time
+
+        from vaesweep.errors import ConfigError
+        from vaesweep.sweep.trial import storage
+        from vaesweep.tracking.run import creation_lock
         try:
-            study = optuna.create_study(study_name=self.study_name, storage=self.storage,
-                                        sampler=self.sampler, pruner=self.pruner,
-                                        directions=list(directions), load_if_exists=True)
+            for attempt in range(4):
+                try:
+                    with creation_lock(self.storage or ""):  # workers starting together: SQLite
+                        study = optuna.create_study(
+                            study_name=self.study_name, storage=storage(self.storage),
+                            sampler=self.sampler, pruner=self.pruner,
+                            directions=list(directions), load_if_exists=True)
+                    break
+                except Exception as e:  # a database server: another worker created the tables
+                    race = ("already exists" in str(e) or "duplicate key" in str(e)
+                            or "UniqueViolation" in str(e))
+                    if not race or attempt == 3:
+                        raise
+                    time.sleep(0.5 + random.random())
         except (ValueError, ImportError, ModuleNotFoundError) as e:
             raise ConfigError("hydra.sweeper.storage", self.storage,
                               f"an Optuna RDB URL such as sqlite:///optuna.db or "
@@ -138,14 +246,11 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
 
     def _optimize(self, study: optuna.Study, arguments: list[str], directions: Sequence[str],
                   names: Sequence[str]) -> None:
-        self._process_searchspace_config()
-        params_conf = self._parse_sweeper_params_config() + list(arguments)
-        space, fixed, fixed_overrides = create_params_from_overrides(params_conf)
-        for k in fixed:
-            space.pop(k, None)
+        space, fixed, fixed_overrides = self._search_space(arguments)
         fail_stale_trials(study)
-        host, pid = socket.gethostname(), os.getpid()
-        failures = 0
+        from vaesweep.tracking.stale import owner
+        me = owner()
+        failures = in_a_row = 0
         while True:
             done = len(study.get_trials(deepcopy=False, states=FINISHED))
             running = len(study.get_trials(deepcopy=False,
@@ -155,19 +260,35 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
                 break
             trials = [study.ask() for _ in range(min(to_go, self.n_jobs))]
             for t in trials:
-                study._storage.set_trial_system_attr(t._trial_id, "vaesweep.pid", pid)
-                study._storage.set_trial_system_attr(t._trial_id, "vaesweep.host", host)
+                for k, v in me.items():
+                    study._storage.set_trial_system_attr(
+                        t._trial_id, k, int(v) if k == "vaesweep.pid" else v)
             overrides = self._configure_trials(trials, space, fixed, fixed_overrides)
             self.launcher.per_job = [[f"study.trial={t.number}"] for t in trials]
             returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
             self.job_idx += len(returns)
             for trial, ret in zip(trials, returns):
-                failures += not self._tell(study, trial, ret, directions)
+                ok = self._tell(study, trial, ret, directions)
+                failures += not ok
+                in_a_row = 0 if ok else in_a_row + 1
                 done = len(study.get_trials(deepcopy=False, states=FINISHED))
                 self._progress(study, trial, done, names)
             if failures and failures / max(1, self.job_idx) > self.max_failure_rate:
                 raise RuntimeError(f"{failures} of {self.job_idx} trials failed, more than "
                                    f"hydra.sweeper.max_failure_rate={self.max_failure_rate}")
+            if self.max_failures_in_a_row and in_a_row >= self.max_failures_in_a_row:
+                from vaesweep.errors import VaesweepError
+                last = study._storage.get_trial(trials[-1]._trial_id).user_attrs.get("fail_reason")
+                raise VaesweepError(f"{in_a_row} trials in a row failed (hydra.sweeper."
+                                    f"max_failures_in_a_row={self.max_failures_in_a_row}), the "
+                                    f"sweep stops; the last one: {last}")
+
+    def _search_space(self, arguments: list[str]) -> tuple[dict, dict, list]:
+        params_conf = self._parse_sweeper_params_config() + list(arguments)
+        space, fixed, fixed_overrides = create_params_from_overrides(params_conf)
+        for k in fixed:
+            space.pop(k, None)
+        return space, fixed, fixed_overrides
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial, ret: Any,
               directions: Sequence[str]) -> bool:
@@ -190,6 +311,11 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
             study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
             study.tell(trial, state=S.FAIL)
             log.warning("Trial %d failed: %s", trial.number, reason)
+            from vaesweep.train import machine_fault
+            if machine_fault(e):  # disk full, read-only: every next trial would fail too
+                from vaesweep.errors import VaesweepError
+                raise VaesweepError(f"trial {trial.number} failed on a fault of the machine, "
+                                    f"the sweep stops: {reason[:500]}") from e
             return False
         study.tell(trial, values=values)
         return True
@@ -241,21 +367,26 @@ class VaesweepOptunaSweeper(Sweeper):
 
     def __init__(self, sampler: Any, direction: Any, storage: Any, study_name: Any,
                  n_trials: int, n_jobs: int, max_failure_rate: float,
-                 custom_search_space: Any, params: Any, pruner: Any = None) -> None:
-        sampler = instantiate(sampler, _execution_whitelist_=(
-            "hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*"))
-        pruner = (instantiate(pruner, _execution_whitelist_=PRUNER_WHITELIST)
+                 custom_search_space: Any, params: Any, pruner: Any = None,
+                 max_failures_in_a_row: int = 0) -> None:
+        sampler = _instantiate("hydra.sweeper.sampler", sampler, SAMPLER_WHITELIST)
+        pruner = (_instantiate("hydra.sweeper.pruner", pruner, PRUNER_WHITELIST)
                   if pruner else optuna.pruners.NopPruner())
+        extender = (_instantiate("hydra.sweeper.custom_search_space",
+                                 {"_target_": custom_search_space, "_partial_": True},
+                                 SEARCH_SPACE_WHITELIST) if custom_search_space else None)
         self.sweeper = VaesweepOptunaImpl(sampler, direction, storage, study_name, n_trials,
-                                          n_jobs, max_failure_rate, custom_search_space, params,
-                                          pruner=pruner)
+                                          n_jobs, max_failure_rate, None, params,
+                                          pruner=pruner, custom_search_space=extender,
+                                          max_failures_in_a_row=max_failures_in_a_row)
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
         self.sweeper.setup(hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: list[str]) -> None:
-        return self.sweeper.sweep(arguments)
+        with user_errors():
+            return self.sweeper.sweep(arguments)
 
 
 @dataclass
@@ -267,6 +398,9 @@ class VaesweepOptunaConf(OptunaSweeperConf):
     max_failure_rate: float = 1.0
     # an optuna.pruners class, e.g. {_target_: optuna.pruners.MedianPruner, n_warmup_steps: 200}
     pruner: Any = None
+    # this many failed trials in a row stop the sweep (0: never), so a fault every trial hits
+    # (a missing file, a wrong URL on a worker) does not fail trials forever
+    max_failures_in_a_row: int = 20
 
 
 # -- Hydra's basic (grid) sweeper ------------------------------------------------------------
@@ -284,6 +418,10 @@ class VaesweepBasicSweeper(_ParentMixin, BasicSweeper):
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         overrides = parser.parse_overrides(self._parse_config() + list(arguments))
         self.overrides = self.split_arguments(overrides, self.max_batch_size)
+        swept = [o.get_key_element() for o in overrides if o.is_sweep_override()]
+        if self.overrides and self.overrides[0]:
+            with user_errors():
+                self._check_first_job(self.overrides[0][0], swept)
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")

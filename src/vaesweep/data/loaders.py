@@ -6,18 +6,26 @@ takes a whole list of indices and returns ``imageset.batch(indices)``; the sampl
 (val, test). One batch is therefore one tensor gather, with no per-sample Python and no
 collation. Batches are float32 (B, C, H, W) images only: factors and labels stay on the
 ImageSet and are looked up by index (``datamodule.test_idx``) for the metrics.
+
+On an accelerator the images are moved to the device once (``setup``) and each loader is a
+:class:`DeviceBatches`: batches are gathered there, with no DataLoader and no host-to-device
+copy per batch, in the same order as the DataLoader path. The last ImageSet built is kept
+for the next job of the process with the same data config (:func:`cached_imageset`).
 """
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+import math
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
-from vaesweep.data.base import ImageSet, build_imageset, cfg_get, data_seed
+from vaesweep.data.base import DATASETS, ImageSet, build_imageset, cfg_get, data_seed
 from vaesweep.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -36,6 +44,72 @@ class BatchIndexedDataset(Dataset):
     def __getitem__(self, positions: Sequence[int] | torch.Tensor) -> torch.Tensor:
         positions = torch.as_tensor(positions, dtype=torch.int64)
         return self.imageset.batch(torch.index_select(self.indices, 0, positions))
+
+
+class DeviceBatches:
+    """Batches gathered where the ImageSet lives (the device-resident fast path).
+
+    The same batches, in the same order, as the DataLoader of :meth:`VAEDataModule._loader`:
+    the permutation is ``torch.randperm`` of the same seeded generator (what ``RandomSampler``
+    draws), and each pass draws one number from the global generator as a DataLoader
+    iterator does for its base seed, so the reparameterisation noise that follows is the
+    same too. ``generator`` is the one that orders the batches (for mid-epoch resume).
+    """
+
+    def __init__(self, imageset: ImageSet, indices: np.ndarray, batch_size: int, shuffle: bool,
+                 generator: torch.Generator | None = None) -> None:
+        self.imageset, self.batch_size, self.shuffle = imageset, int(batch_size), shuffle
+        self.indices = torch.as_tensor(np.asarray(indices, dtype=np.int64))
+        self.generator = generator
+        self._on_device = self.indices.to(imageset.device)
+
+    def __len__(self) -> int:
+        n = len(self.indices)
+        return n // self.batch_size if self.shuffle else math.ceil(n / self.batch_size)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        torch.empty((), dtype=torch.int64).random_()  # a DataLoader iterator's base seed
+        idx = self._on_device
+        if self.shuffle:
+            order = torch.randperm(len(self.indices), generator=self.generator)
+            idx = idx[order.to(idx.device)]
+        bs = self.batch_size
+        for i in range(len(self)):
+            yield self.imageset.batch(idx[i * bs:(i + 1) * bs])
+
+
+#: data keys that shape the loaders, not the images: a change keeps the cached ImageSet
+LOADER_KEYS = ("batch_size", "eval_batch_size", "val_fraction", "test_fraction", "official_test")
+_last_imageset: tuple[Any, ImageSet] | None = None
+
+
+def _cache_key(cfg: Mapping) -> Any:
+    try:
+        from omegaconf import OmegaConf
+        plain = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+        builder = DATASETS.get(cfg_get(plain, "name"))
+    except Exception:  # a bad config: build_imageset raises the clear error
+        return None
+    items = sorted((k, repr(v)) for k, v in plain.items() if k not in LOADER_KEYS)
+    return builder, tuple(items), os.environ.get("VAESWEEP_DATA")
+
+
+def cached_imageset(cfg: Mapping) -> ImageSet:
+    """``build_imageset(cfg)``, reusing the ImageSet of the previous call when the data
+    config (less :data:`LOADER_KEYS`), the dataset's builder and ``$VAESWEEP_DATA`` are the
+    same: the trials of a sweep run in one process (basic launcher) or a few reused ones
+    (joblib), and rebuilding costs about a second per trial (dSprites' 20,000-image subset is
+    rendered). Only the last one is kept. ImageSets are not changed by training; the fast path
+    moves one to the device and back (``ImageSet.to``), which a later job redoes as needed."""
+    global _last_imageset
+    key = _cache_key(cfg)
+    if key is not None and _last_imageset is not None and _last_imageset[0] == key:
+        return _last_imageset[1]
+    _last_imageset = None  # free the old one before building the next
+    imageset = build_imageset(cfg)
+    if key is not None:
+        _last_imageset = (key, imageset)
+    return imageset
 
 
 def split_indices(
@@ -86,7 +160,14 @@ class VAEDataModule(L.LightningDataModule):
     train batch size), ``val_fraction`` (0.1), ``test_fraction`` (0.1), ``seed`` (0: split and
     shuffling), ``official_test`` (true: use the dataset's own test set when it has one).
     The ImageSet is built in ``__init__`` so its shape is known before ``Trainer.fit``.
+
+    ``data_on_device`` (set by the job from ``trainer.data_on_device``): ``"auto"`` moves the
+    images to the training device when it is an accelerator and they take at most a quarter
+    of its free memory; ``True`` always (on CPU: :class:`DeviceBatches` instead of a
+    DataLoader); ``False`` never (a DataLoader, and Lightning copies each batch).
     """
+
+    data_on_device: bool | str = "auto"
 
     def __init__(self, cfg: Mapping, imageset: ImageSet | None = None) -> None:
         super().__init__()
@@ -100,7 +181,7 @@ class VAEDataModule(L.LightningDataModule):
                 "data.val_fraction", val_fraction, f"at most {1.0 - test_fraction:g} with data.test_fraction={test_fraction:g}"
             )
         self.seed = data_seed(cfg)
-        self.imageset = imageset if imageset is not None else build_imageset(cfg)
+        self.imageset = imageset if imageset is not None else cached_imageset(cfg)
         official = self.imageset.official_test if bool(cfg_get(cfg, "official_test", True)) else None
         self.train_idx, self.val_idx, self.test_idx = split_indices(
             len(self.imageset), val_fraction, test_fraction, self.seed, official
@@ -120,10 +201,30 @@ class VAEDataModule(L.LightningDataModule):
     def shape(self) -> tuple[int, int, int]:
         return self.imageset.shape
 
-    def _loader(self, indices: np.ndarray, batch_size: int, train: bool) -> DataLoader:
+    def setup(self, stage: str) -> None:
+        trainer = getattr(self, "trainer", None)
+        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        target = device if self._wants_device(device) else torch.device("cpu")
+        if self.imageset.device != target:
+            log.info("data: %s images (%.0f MB) to %s", self.imageset.name, self.imageset.nbytes / 1e6, target)
+            self.imageset.to(target)
+
+    def _wants_device(self, device: torch.device) -> bool:
+        if self.data_on_device is True:
+            return True
+        if self.data_on_device is False or device.type == "cpu":
+            return False
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            return self.imageset.nbytes <= free // 4
+        return True
+
+    def _loader(self, indices: np.ndarray, batch_size: int, train: bool) -> DataLoader | DeviceBatches:
+        generator = torch.Generator().manual_seed(self.seed) if train else None
+        if self.imageset.device.type != "cpu" or self.data_on_device is True:
+            return DeviceBatches(self.imageset, indices, batch_size, shuffle=train, generator=generator)
         dataset = BatchIndexedDataset(self.imageset, indices)
         if train:
-            generator = torch.Generator().manual_seed(self.seed)
             sampler = BatchSampler(RandomSampler(dataset, generator=generator), batch_size, drop_last=True)
         else:
             sampler = BatchSampler(SequentialSampler(dataset), batch_size, drop_last=False)

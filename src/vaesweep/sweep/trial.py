@@ -14,6 +14,14 @@ from lightning.pytorch.callbacks import Callback
 log = logging.getLogger(__name__)
 
 
+def storage(url: Any) -> Any:
+    """The Optuna storage for ``url``. SQLite waits up to 60 s for a lock another worker holds,
+    rather than failing with "database is locked" after sqlite3's default 5 s."""
+    if isinstance(url, str) and url.startswith("sqlite"):
+        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+    return url
+
+
 def open_trial(study_cfg: Mapping[str, Any], pruner_cfg: Any = None) -> optuna.Trial | None:
     """The running trial ``study.trial`` of study ``study.name`` in ``study.storage``."""
     if study_cfg.get("trial") is None or not study_cfg.get("name"):
@@ -22,7 +30,7 @@ def open_trial(study_cfg: Mapping[str, Any], pruner_cfg: Any = None) -> optuna.T
     if pruner_cfg:
         from hydra.utils import instantiate
         pruner = instantiate(pruner_cfg, _execution_whitelist_=("optuna.pruners.*",))
-    study = optuna.load_study(study_name=study_cfg["name"], storage=study_cfg["storage"],
+    study = optuna.load_study(study_name=study_cfg["name"], storage=storage(study_cfg["storage"]),
                               pruner=pruner)
     # Optuna has no public "trial by number" for ask/tell across processes
     trial_id = study._storage.get_trial_id_from_study_id_trial_number(

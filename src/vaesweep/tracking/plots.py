@@ -22,22 +22,34 @@ def _to_hwc(img: np.ndarray) -> np.ndarray:
 
 def image_grid(rows: Sequence[np.ndarray], row_labels: Sequence[str] | None = None,
                title: str | None = None, cell: float = 1.0) -> Figure:
-    """A grid of images: ``rows`` is a list of arrays shaped (n, C, H, W)."""
+    """A grid of images: ``rows`` is a list of arrays shaped (n, C, H, W).
+
+    Drawn as one mosaic on one axes (a white gap between cells), not one axes per image:
+    matplotlib's cost is per axes, so a 10x9 traversal grid takes tens of milliseconds
+    instead of seconds at the end of every training job."""
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(cell * n_cols + 0.8, cell * n_rows + 0.4),
-                             squeeze=False)
-    for i, row in enumerate(rows):
-        for j in range(n_cols):
-            ax = axes[i, j]
-            ax.set_xticks([]), ax.set_yticks([])
-            if j < len(row):
-                ax.imshow(_to_hwc(row[j]), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-            else:
-                ax.axis("off")
-        if row_labels:
-            axes[i, 0].set_ylabel(row_labels[i], rotation=0, ha="right", va="center", fontsize=8)
+    cells = [[_to_hwc(img) for img in row] for row in rows]
+    h, w = next(c for row in cells for c in row).shape[:2]
+    gray = all(c.ndim == 2 for row in cells for c in row)
+    gap = max(1, h // 16)
+    shape = (n_rows * (h + gap) - gap, n_cols * (w + gap) - gap) + (() if gray else (3,))
+    mosaic = np.ones(shape, dtype=np.float32)
+    for i, row in enumerate(cells):
+        for j, img in enumerate(row):
+            if not gray and img.ndim == 2:
+                img = img[..., None]
+            mosaic[i * (h + gap):i * (h + gap) + h, j * (w + gap):j * (w + gap) + w] = img
+    fig, ax = plt.subplots(figsize=(cell * n_cols + 0.8, cell * n_rows + 0.4))
+    ax.imshow(mosaic, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([i * (h + gap) + h / 2 for i in range(n_rows)] if row_labels else [])
+    if row_labels:
+        ax.set_yticklabels(list(row_labels), fontsize=8)
+        ax.tick_params(axis="y", length=0)
+    for side in ax.spines.values():
+        side.set_visible(False)
     if title:
-        fig.suptitle(title, fontsize=10)
+        ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return fig
 

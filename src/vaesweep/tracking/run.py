@@ -6,13 +6,14 @@ FAILED (an exception) or KILLED (Ctrl-C / SIGTERM).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
@@ -45,6 +46,113 @@ def git_commit(path: str | os.PathLike | None = None) -> str | None:
     return res.stdout.strip() or None if res.returncode == 0 else None
 
 
+TRACKING = ("tracking.uri", "a reachable, writable MLflow tracking store")
+
+
+def store_error(uri: str, e: BaseException, key: tuple[str, str] = TRACKING) -> Exception:
+    """A failure of a store itself (unreachable, unwritable, disk full) as one clear
+    :class:`ConfigError` naming its key (default ``tracking.uri``)."""
+    from vaesweep.errors import ConfigError
+    detail = str(getattr(e, "message", None) or e).strip().splitlines()
+    detail = detail[0][:300] if detail else ""
+    if "sqlite" in uri and ("unable to open" in detail or "readonly" in detail):
+        detail += " (is the folder writable?)"
+    return ConfigError(key[0], uri, key[1], f"{type(e).__name__}: {detail}")
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The file of an ``sqlite:///`` URL (relative: ``sqlite:///x.db``, absolute:
+    ``sqlite:////abs/x.db``), or None for other stores and in-memory databases."""
+    if not uri.startswith("sqlite") or "://" not in uri:
+        return None
+    path = uri.split("://", 1)[1].split("?", 1)[0]
+    path = path[1:] if path.startswith("/") else path
+    return None if path in ("", ":memory:") else Path(path).expanduser()
+
+
+@contextlib.contextmanager
+def creation_lock(uri: str) -> Iterator[None]:
+    """Serialises, between the processes of this machine, the creation of an SQLite database's
+    tables: workers that start together otherwise run MLflow's (or Optuna's) migrations at once,
+    and all but one fail. An flock on the database file itself: SQLite's own locks are POSIX
+    record locks, which flocks do not touch."""
+    path = sqlite_path(uri)
+    if path is None:
+        yield
+        return
+    import fcntl
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def check_store(uri: str, key: tuple[str, str] = TRACKING, timeout: float = 10.0) -> None:
+    """Fails fast, with one :class:`ConfigError` naming ``key`` (default ``tracking.uri``), when
+    a store cannot be used: an SQLite file in a folder that cannot be written, a database server
+    that does not answer, an HTTP server without MLflow's ``/health``. (MLflow itself retries an
+    unreachable database for about 100 s before it gives up.)"""
+    from vaesweep.errors import ConfigError
+    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else ""
+    if scheme == "sqlite":
+        path = sqlite_path(uri)
+        if path is None:
+            return
+        import tempfile
+        folder = path.resolve().parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder) as f:  # root ignores permission bits
+                f.write(b"0" * 4096)
+                f.flush()
+                os.fsync(f.fileno())
+            if Path(path).exists():
+                with open(path, "r+b"):
+                    pass
+        except OSError as e:
+            raise ConfigError(key[0], uri, key[1], f"{e.strerror or e}: {folder}") from None
+        if key == TRACKING:  # create MLflow's tables now, one process at a time
+            try:
+                with creation_lock(uri):
+                    MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+            except Exception as e:
+                raise store_error(uri, e, key) from None
+    elif scheme in ("postgresql", "mysql", "mssql"):
+        import sqlalchemy
+        args = {"connect_timeout": int(timeout)} if scheme in ("postgresql", "mysql") else {}
+        try:
+            engine = sqlalchemy.create_engine(uri, connect_args=args)
+            with engine.connect():
+                pass
+            engine.dispose()
+        except Exception as e:
+            raise store_error(uri, e, key) from None
+    elif scheme in ("http", "https"):
+        import urllib.error
+        import urllib.request
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
+                r.read(100)
+        except (OSError, urllib.error.URLError) as e:
+            raise store_error(uri, e, key) from None
+
+
+def experiment_id(client: MlflowClient, name: str) -> str:
+    """The id of experiment ``name``, created if missing (by whichever worker comes first)."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name)
+    except Exception as e:
+        if getattr(e, "error_code", None) != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return client.get_experiment_by_name(name).experiment_id
+
+
 class Interrupted(BaseException):
     """SIGTERM, turned into an exception so the run is marked KILLED on the way out."""
 
@@ -54,16 +162,34 @@ class TrackedRun:
 
     def __init__(self, uri: str, experiment: str, run_name: str | None = None,
                  tags: Mapping[str, str] | None = None, run_id: str | None = None) -> None:
-        self.client = MlflowClient(tracking_uri=uri)
+        from vaesweep.tracking.stale import TAG_ERROR, owner
         self.uri = uri
-        if run_id is None:
-            exp = self.client.get_experiment_by_name(experiment)
-            exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
-            tags = {k: str(v) for k, v in (tags or {}).items() if v is not None}
-            run = self.client.create_run(exp_id, tags=tags, run_name=run_name)
-        else:
-            run = self.client.get_run(run_id)
-            self.client.update_run(run_id, status="RUNNING")
+        check_store(uri)
+        self._params: dict[str, str] = {}  # a continued run's params (they are immutable)
+        try:
+            self.client = MlflowClient(tracking_uri=uri)
+            if run_id is None:
+                exp_id = experiment_id(self.client, experiment)
+                tags = {**owner(), **{k: str(v) for k, v in (tags or {}).items() if v is not None}}
+                run = self.client.create_run(exp_id, tags=tags, run_name=run_name)
+            else:
+                run = self.client.get_run(run_id)
+                self._params = dict(run.data.params)
+                # a continued run: now owned by this process, its old error kept aside
+                resumes = int(run.data.tags.get("vaesweep.resumes", 0)) + 1
+                self.client.set_tag(run_id, "vaesweep.resumes", str(resumes))
+                if TAG_ERROR in run.data.tags:
+                    self.client.set_tag(run_id, "vaesweep.previous_error",
+                                        run.data.tags[TAG_ERROR])
+                    self.client.delete_tag(run_id, TAG_ERROR)
+                for k, v in {**owner(), **(tags or {})}.items():
+                    self.client.set_tag(run_id, k, str(v))
+                self.client.update_run(run_id, status="RUNNING")
+        except Exception as e:
+            if getattr(e, "error_code", None) == "RESOURCE_DOES_NOT_EXIST" and run_id:
+                from vaesweep.errors import ConfigError
+                raise ConfigError("run_id", run_id, f"a run of the tracking store {uri}") from None
+            raise store_error(uri, e) from None
         self.run_id = run.info.run_id
         self.experiment_id = run.info.experiment_id
         self._old_term: Any = None
@@ -84,19 +210,38 @@ class TrackedRun:
             status = "FINISHED"
         elif exc_type.__name__ == "TrialPruned":  # optuna's: stopped early on purpose
             status = "KILLED"
-            self.client.set_tag(self.run_id, "vaesweep.state", "PRUNED")
         elif issubclass(exc_type, (KeyboardInterrupt, Interrupted)):
             status = "KILLED"
         else:
             status = "FAILED"
-        if exc is not None:
-            self.client.set_tag(self.run_id, "vaesweep.error", f"{exc_type.__name__}: {exc}"[:5000])
-        self.client.set_terminated(self.run_id, status)
+        try:
+            if exc_type is not None and exc_type.__name__ == "TrialPruned":
+                self.client.set_tag(self.run_id, "vaesweep.state", "PRUNED")
+            if exc is not None:
+                self.client.set_tag(self.run_id, "vaesweep.error",
+                                    f"{exc_type.__name__}: {exc}"[:5000])
+            self.client.set_terminated(self.run_id, status)
+        except Exception as e:  # the store itself failed (disk full, server gone)
+            if exc is None:
+                raise store_error(self.uri, e) from None
+            # keep the job's own error; the run stays RUNNING until the sweep's next start
+            # closes it (tracking/stale.py)
+            log.error("Could not mark MLflow run %s %s: %s", self.run_id, status, e)
         return False
 
     # -- logging helpers ---------------------------------------------------------------------
     def log_params(self, params: Mapping[str, Any]) -> None:
+        """Logs params; on a continued run only the new ones (MLflow params are immutable):
+        changed values are listed in the tag ``vaesweep.changed_params``."""
         items = [Param(k, str(v)[:MAX_PARAM]) for k, v in params.items()]
+        if self._params:
+            changed = [f"{p.key}: {self._params[p.key]} -> {p.value}" for p in items
+                       if p.key in self._params and self._params[p.key] != p.value]
+            if changed:
+                self.client.set_tag(self.run_id, "vaesweep.changed_params",
+                                    "; ".join(changed)[:5000])
+            items = [p for p in items if p.key not in self._params]
+            self._params.update({p.key: p.value for p in items})
         for i in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[i:i + 100])
 

@@ -1,0 +1,286 @@
+"""Bad input, through the real entry point: one clear error naming the key, the value and what
+is allowed; a non-zero exit code; no MLflow run left RUNNING; no Optuna study changed.
+
+The cases are the README's "Bad input" table. They run ``vaesweep.cli.main`` in this process
+(a fresh interpreter per case would cost ~10 s of imports each); ``test_train_e2e.py`` pins
+the same behaviour through a fresh process.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+
+from conftest import ROOT, search_runs
+from faults import read_only_dir  # noqa: F401  (fixture)
+
+# small and quick: errors come before training, but the data is built to check shapes
+BASE = ["trainer=smoke", "data.subset=64", "data.batch_size=16", "metrics.enabled=false",
+        "threads=1"]
+SWEEP = ["-m", "+sweep=quick", "trainer.max_steps=2", "data.subset=64", "data.batch_size=16",
+         "metrics.enabled=false", "threads=1", "hydra.sweeper.n_trials=1"]
+CLOSED_PORT = 9  # discard: nothing listens there, a connection is refused at once
+
+
+def main(args: list[str]) -> tuple[int, str]:
+    """``vaesweep ARGS`` in this process: (exit code, stderr). The stores default to absolute
+    paths in the working directory: MLflow caches a store per URI for the life of the process,
+    and a cached relative ``sqlite:///mlflow.db`` would stay in an earlier test's folder."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from vaesweep.cli import main as cli_main
+
+    if args and args[0] != "sweep":
+        keys = {a.split("=", 1)[0].lstrip("+") for a in args}
+        args = [*args, *[f"{k}=sqlite:///{Path.cwd() / f}" for k, f in
+                         (("tracking.uri", "mlflow.db"), ("study.storage", "optuna.db"))
+                         if k not in keys]]
+    GlobalHydra.instance().clear()
+    err = io.StringIO()
+    code = 0
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            cli_main(list(args))
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+    GlobalHydra.instance().clear()
+    return code, err.getvalue()
+
+
+# -- the state that must not change ---------------------------------------------------------
+@pytest.fixture(scope="module")
+def template_study(tmp_path_factory) -> Path:
+    """An optuna.db holding the `quick` study with one finished trial."""
+    path = tmp_path_factory.mktemp("study") / "optuna.db"
+    study = optuna.create_study(study_name="quick", storage=f"sqlite:///{path}",
+                                directions=["minimize", "minimize"])
+    study.set_user_attr("objectives", ["test/distortion", "test/rate"])
+    study.add_trial(optuna.trial.create_trial(
+        params={"kl.beta_norm": 0.1},
+        distributions={"kl.beta_norm": optuna.distributions.FloatDistribution(1e-3, 10, log=True)},
+        values=[100.0, 5.0]))
+    return path
+
+
+def study_state(db: Path) -> list:
+    storage = f"sqlite:///{db}"
+    state = []
+    for s in optuna.get_all_study_summaries(storage):
+        study = optuna.load_study(study_name=s.study_name, storage=storage)
+        state.append((s.study_name, [d.name for d in study.directions], study.user_attrs,
+                      [(t.number, t.state.name, t.values, t.params, t.user_attrs)
+                       for t in study.trials]))
+    return state
+
+
+@pytest.fixture
+def cwd(workdir, template_study):
+    shutil.copy(template_study, workdir / "optuna.db")
+    before = study_state(workdir / "optuna.db")
+    yield workdir
+    assert study_state(workdir / "optuna.db") == before, "the Optuna study changed"
+    db = workdir / "mlflow.db"
+    if db.exists():
+        running = [r.info.run_id for r in search_runs(f"sqlite:///{db}")
+                   if r.info.status == "RUNNING"]
+        assert not running, f"MLflow runs left RUNNING: {running}"
+
+
+def check(code: int, err: str, needles: list[str], exit_code: int | None = None) -> None:
+    assert code != 0, err
+    if exit_code is not None:
+        assert code == exit_code, err
+    assert "Traceback" not in err, err[-3000:]
+    for n in needles:
+        assert n in err, f"{n!r} not in:\n{err[-3000:]}"
+
+
+# -- files ------------------------------------------------------------------------------------
+def truncated_npz(folder: Path) -> Path:
+    from vaesweep.data.dsprites import PUBLISHED_NAME
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / PUBLISHED_NAME
+    n = 64
+    np.savez(path, imgs=np.zeros((n, 64, 64), np.uint8),
+             latents_classes=np.zeros((n, 6), np.int64), latents_values=np.zeros((n, 6)))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return folder
+
+
+def idx(dims: tuple[int, ...], magic: bytes | None = None) -> bytes:
+    head = magic or bytes([0, 0, 8, len(dims)])
+    return head + struct.pack(f">{len(dims)}I", *dims) + bytes(int(np.prod(dims)))
+
+
+def mnist_wrong_magic(root: Path) -> Path:
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for split, n in (("train", 32), ("t10k", 16)):
+        magic = b"\x12\x34\x56\x78" if split == "train" else None
+        (raw / f"{split}-images-idx3-ubyte").write_bytes(idx((n, 28, 28), magic))
+        (raw / f"{split}-labels-idx1-ubyte").write_bytes(idx((n,)))
+    return root
+
+
+class Evil:
+    """Unpickling this runs code: a checkpoint must never be loaded with weights_only=False."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+# -- the cases --------------------------------------------------------------------------------
+ALLOWED_NUMBER = "allowed is a number in"
+# (id, arguments, what stderr names, exit code or None for "non-zero")
+CASES = [
+    ("beta negative", ["kl=beta", "kl.beta=-1"], ["kl.beta=-1", "allowed is a number in [0, inf]"], 2),
+    ("beta_norm negative", ["kl.beta_norm=-0.1"], ["kl.beta_norm=-0.1", "[0, inf]"], 2),
+    ("beta NaN", ["kl=beta", "kl.beta=nan"], ["kl.beta=nan", ALLOWED_NUMBER], 2),
+    ("beta_norm inf", ["kl.beta_norm=inf"], ["kl.beta_norm=inf", ALLOWED_NUMBER], 2),
+    ("beta string", ["kl=beta", "kl.beta=high"], ["kl.beta='high'", ALLOWED_NUMBER], 2),
+    ("beta_norm string", ["kl.beta_norm=abc"], ["kl.beta_norm='abc'", ALLOWED_NUMBER], 2),
+    ("lr zero", ["optim.lr=0"], ["optim.lr=0", "(0, inf]"], 2),
+    ("batch_size zero", ["data.batch_size=0"], ["data.batch_size=0", "allowed is"], 2),
+    ("sigma zero", ["likelihood=gaussian", "likelihood.sigma=0"],
+     ["likelihood.sigma=0", "(0, inf]"], 2),
+    ("seed negative", ["seed=-1"], ["seed=-1", "whole number"], 2),
+    ("unknown head", ["likelihood=nope"],
+     ["Could not find 'likelihood/nope'", "Available options", "bernoulli"], 1),
+    ("unknown head name", ["likelihood.name=nope"], ["likelihood.name='nope'", "'bernoulli'"], 2),
+    ("unknown schedule", ["kl/schedule=nope"],
+     ["Could not find 'kl/schedule/nope'", "cyclical"], 1),
+    ("unknown controller", ["kl=nope"], ["Could not find 'kl/nope'", "geco", "controlvae"], 1),
+    ("unknown controller name", ["kl.name=pid"], ["kl.name='pid'", "'geco'"], 2),
+    ("unknown dataset", ["data=nope"], ["Could not find 'data/nope'", "dsprites"], 1),
+    ("unknown model", ["model=nope"], ["Could not find 'model/nope'", "conv64"], 1),
+    ("reduction avg", ["kl.reduction=avg"], ["kl.reduction='avg'", "'sum', 'mean'"], 2),
+    ("latent_dim zero", ["model.latent_dim=0"], ["model.latent_dim=0", "allowed is"], 2),
+    ("latent_dim negative", ["model.latent_dim=-3"], ["model.latent_dim=-3", "allowed is"], 2),
+    ("image size conv64", ["data=digits", "model=conv64"], ["model.name='conv64'", "64"], 2),
+    ("image size conv28", ["data=digits", "model=conv28"], ["model.name='conv28'", "28"], 2),
+    ("unknown objective", ["objective=[val/nope]"], ["objective='val/nope'", "val/distortion"], 2),
+    ("unknown key", ["kl.betta=1"], ["kl.betta", "not in struct"], 1),
+    ("unknown trainer key", ["trainer.max_stepz=5"], ["trainer.max_stepz", "not in struct"], 1),
+    ("malformed tracking URI", ["tracking.uri=mlflow.db"],
+     ["tracking.uri='mlflow.db'", "sqlite:///mlflow.db"], 2),
+    ("unreachable tracking DB", [f"tracking.uri=postgresql://u@127.0.0.1:{CLOSED_PORT}/db"],
+     ["tracking.uri='postgresql://u@127.0.0.1:9/db'", "reachable, writable"], 2),
+    ("unreachable tracking server", [f"tracking.uri=http://127.0.0.1:{CLOSED_PORT}"],
+     ["tracking.uri='http://127.0.0.1:9'", "reachable, writable"], 2),
+    ("ckpt_path last, none", ["ckpt_path=last"], ["ckpt_path='last'", "checkpoints/last.ckpt"], 2),
+    ("ckpt_path missing", ["ckpt_path=/nonexistent/last.ckpt"],
+     ["ckpt_path='/nonexistent/last.ckpt'", "does not exist"], 2),
+    ("unknown sweep", ["-m", "+sweep=nope"], ["Could not find 'sweep/nope'", "quick"], 1),
+    ("unknown sweep command", ["sweep", "nope"], ["sweep='nope'", "quick"], 2),
+    ("sweep: bad value for every job", [*SWEEP, "kl.reduction=avg"],
+     ["kl.reduction='avg'", "'sum', 'mean'"], 2),
+    ("sweep: malformed storage URL", [*SWEEP, "study.storage=optuna.db"],
+     ["hydra.sweeper.storage='optuna.db'", "sqlite:///optuna.db"], 2),
+    ("sweep: unreachable storage", [*SWEEP, f"study.storage=postgresql://u@127.0.0.1:{CLOSED_PORT}/db"],
+     ["hydra.sweeper.storage='postgresql://u@127.0.0.1:9/db'", "reachable database", "Connection refused"], 2),
+    ("sweep: resumed with other objectives", [*SWEEP, "objective=[test/mse,test/rate]"],
+     ["objective=['test/mse', 'test/rate']", "['test/distortion', 'test/rate']"], 2),
+    ("sweep: resumed with other directions", [*SWEEP, "hydra.sweeper.direction=[maximize,minimize]"],
+     ["hydra.sweeper.direction=['maximize', 'minimize']", "['minimize', 'minimize']"], 2),
+    ("sweep: objectives and directions disagree", [*SWEEP, "objective=[test/rate]"],
+     ["objective=['test/rate']", "2 metric name(s)"], 2),
+]
+
+
+@pytest.mark.parametrize("args,needles,exit_code", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input(cwd, args, needles, exit_code):
+    full = args if args[0] in ("-m", "sweep") else [*BASE, *args]
+    code, err = main(full)
+    check(code, err, needles, exit_code)
+    if exit_code == 2:  # ours: exactly one line
+        lines = [l for l in err.splitlines() if l.startswith("vaesweep: error:")]
+        assert len(lines) == 1, err
+
+
+def test_data_files_missing(cwd):
+    code, err = main([*BASE, "data=dsprites_npz", f"data.root={cwd / 'nowhere'}"])
+    check(code, err, ["data.root", "nowhere", "is missing", "download"], 2)
+    code, err = main([*BASE, "data=mnist", f"data.root={cwd / 'nowhere'}"])
+    check(code, err, ["data.root", "nowhere", "mnist is missing", "data.download=true"], 2)
+
+
+def test_data_file_truncated_npz(cwd):
+    root = truncated_npz(cwd / "dsprites")
+    code, err = main([*BASE, "data=dsprites_npz", f"data.root={root}"])
+    check(code, err, ["data.root", "corrupt or truncated", str(root)], 2)
+
+
+def test_data_file_wrong_idx_magic(cwd):
+    root = mnist_wrong_magic(cwd / "mnist")
+    code, err = main([*BASE, "data=mnist", f"data.root={root}", "model=conv28"])
+    check(code, err, ["data.root", "train-images-idx3-ubyte", "magic 12345678", "expected 00000803"], 2)
+
+
+def test_tracking_folder_read_only(cwd, read_only_dir):
+    code, err = main([*BASE, f"tracking.uri=sqlite:///{read_only_dir}/mlflow.db"])
+    check(code, err, [f"tracking.uri='sqlite:///{read_only_dir}/mlflow.db'",
+                      "reachable, writable", "Read-only file system"], 2)
+    code, err = main([*SWEEP, f"tracking.uri=sqlite:///{read_only_dir}/mlflow.db"])
+    check(code, err, ["tracking.uri=", "Read-only file system"], 2)
+
+
+def test_storage_folder_read_only(cwd, read_only_dir):
+    code, err = main([*SWEEP, f"study.storage=sqlite:///{read_only_dir}/optuna.db"])
+    check(code, err, [f"hydra.sweeper.storage='sqlite:///{read_only_dir}/optuna.db'"], 2)
+    assert not (cwd / "mlflow.db").exists() or not search_runs(f"sqlite:///{cwd}/mlflow.db")
+
+
+# -- security ---------------------------------------------------------------------------------
+def test_checkpoint_that_runs_code_is_refused(cwd):
+    marker = cwd / "pwned"
+    evil = cwd / "evil.ckpt"
+    import torch
+    torch.save({"state_dict": {}, "optimizer_states": [], "x": Evil(marker)}, evil)
+    code, err = main([*BASE, f"ckpt_path={evil}"])
+    check(code, err, [f"ckpt_path='{evil}'", "weights_only=True", "unsupported GLOBAL posix.system"], 2)
+    assert not marker.exists(), "unpickling the checkpoint ran code"
+
+
+@pytest.mark.parametrize("args,key", [
+    (["+hydra.callbacks.x._target_=os.system", "+hydra.callbacks.x._args_=[touch {marker}]"],
+     "hydra.callbacks.x"),
+    (["+hydra.callbacks.x._target_=shutil.copyfile", "+hydra.callbacks.x._args_=[{src},{marker}]"],
+     "hydra.callbacks.x"),
+    (["-m", "+sweep=quick", "+hydra.sweeper.pruner._target_=os.system",
+      "+hydra.sweeper.pruner._args_=[touch {marker}]"], "hydra.sweeper.pruner._target_='os.system'"),
+    (["-m", "+sweep=quick", "hydra.sweeper.sampler._target_=shutil.copyfile",
+      "+hydra.sweeper.sampler._args_=[{src},{marker}]"],
+     "hydra.sweeper.sampler._target_='shutil.copyfile'"),
+    (["-m", "+sweep=quick", "hydra.sweeper.custom_search_space=os.system"],
+     "hydra.sweeper.custom_search_space._target_='os.system'"),
+], ids=["callback os.system", "callback shutil.copyfile", "pruner os.system",
+        "sampler shutil.copyfile", "custom_search_space os.system"])
+def test_config_cannot_run_arbitrary_code(cwd, args, key):
+    marker, src = cwd / "pwned", ROOT / "README.md"
+    args = [a.format(marker=marker, src=src) for a in args]
+    code, err = main(args)
+    assert code != 0, err
+    assert key in err, err[-3000:]
+    assert "whitelist" in err, err[-3000:]
+    assert not marker.exists(), "the config ran code"
+
+
+def test_servers_in_the_readme_bind_to_localhost():
+    text = (ROOT / "README.md").read_text() + (ROOT / "Makefile").read_text()
+    text = text.replace("\\\n", " ")  # continued lines
+    commands = [line for line in text.splitlines()
+                if any(s in line for s in ("mlflow ui", "mlflow server", "optuna-dashboard "))]
+    assert commands
+    for line in commands:
+        assert "--host 127.0.0.1" in line, line

@@ -1,0 +1,337 @@
+"""What a study survives, with the faults injected for real: kill -9 of a sweep in the middle of
+a trial, a trial whose loss becomes NaN, kill -9 of a training run and its resumption from the
+last checkpoint, a tracking store on a full disk, four workers on one SQLite study.
+(`test_sweeps.py` kills and resumes `quick` and runs two workers; `test_postgres.py` runs the
+workers on PostgreSQL and an MLflow server.)"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import optuna
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from conftest import run_cli, search_runs
+from faults import full_disk  # noqa: F401  (fixture)
+from test_bad_input import main as vaesweep  # the entry point, in this process
+
+S = optuna.trial.TrialState
+# the quick study on a budget: a few steps, no evaluation, no checkpoint artifact, one thread
+FAST = ["trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1", "data.subset=256", "data.batch_size=32",
+        "metrics.enabled=false", "tracking.log_checkpoint=false", "threads=1"]
+
+
+def env(cwd: Path, **extra: str) -> dict:
+    e = {**os.environ, "VAESWEEP_DATA": str(cwd / "data"), "PYTHONUNBUFFERED": "1",
+         "OMP_NUM_THREADS": "1", **extra}
+    e.pop("MLFLOW_TRACKING_URI", None)
+    return e
+
+
+def start(args: Sequence[str], cwd: Path, log: str = "log.txt") -> subprocess.Popen:
+    """``vaesweep ARGS`` in the background, in its own process group, output to ``log``."""
+    return subprocess.Popen([sys.executable, "-m", "vaesweep", *args], cwd=cwd, env=env(cwd),
+                            stdout=open(cwd / log, "w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def wait_for(what, timeout: float = 300, every: float = 0.05, proc: subprocess.Popen | None = None):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            value = what()
+        except Exception:
+            value = None
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the process ended (rc={proc.returncode}) first")
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout} s")
+
+
+def kill9(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def load(storage: str, name: str = "quick") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def assert_every_trial_once(study: optuna.Study, uri: str, n_trials: int, workers: int,
+                            experiment: str = "vaesweep") -> None:
+    """Every trial exactly once in Optuna and once in MLflow: none lost, none duplicated."""
+    trials = study.trials
+    numbers = [t.number for t in trials]
+    assert len(numbers) == len(set(numbers))
+    assert not [t.number for t in trials if t.state in (S.RUNNING, S.WAITING)], "left RUNNING"
+    complete = [t for t in trials if t.state == S.COMPLETE]
+    # workers that ask at the same moment may each start the last trial
+    assert n_trials <= len(complete) <= n_trials + workers - 1, [t.state for t in trials]
+    runs = search_runs(uri, experiment)
+    children = [r for r in runs if r.data.tags.get("vaesweep.role") != "parent"]
+    parents = [r for r in runs if r.data.tags.get("vaesweep.role") == "parent"]
+    assert parents and all(p.info.status == "FINISHED" for p in parents)
+    tagged = sorted(int(r.data.tags["vaesweep.trial"]) for r in children)
+    assert tagged == sorted(numbers), "a trial has no MLflow run, or more than one"
+    by_id = {r.info.run_id: r for r in children}
+    for t in complete:
+        run = by_id[t.user_attrs["mlflow_run_id"]]
+        assert run.info.status == "FINISHED" and run.data.tags["vaesweep.trial"] == str(t.number)
+        assert run.data.tags["mlflow.parentRunId"] in {p.info.run_id for p in parents}
+        assert run.data.metrics["test/distortion"] == pytest.approx(t.values[0])
+    assert not [r.info.run_id for r in children if r.info.status == "RUNNING"]
+
+
+def run_workers(args: Sequence[str], cwd: Path, workers: int, timeout: float = 900) -> None:
+    procs = [start(args, cwd, f"worker{i}.txt") for i in range(workers)]
+    deadline = time.time() + timeout
+    for i, p in enumerate(procs):
+        try:
+            p.wait(timeout=max(1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                kill9(q) if q.poll() is None else None
+            raise
+        assert p.returncode == 0, (cwd / f"worker{i}.txt").read_text()[-3000:]
+
+
+# -- the stale-run machinery, in this process -------------------------------------------------
+def dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_owner_alive_tells_dead_and_recycled_processes():
+    from vaesweep.tracking.stale import TAG_PID_START, owner, owner_alive
+    me = owner()
+    assert owner_alive(me) is True
+    assert owner_alive({**me, "vaesweep.pid": str(dead_pid())}) is False
+    # same pid, another start time: the pid was recycled, the owner is gone
+    assert owner_alive({**me, TAG_PID_START: "1"}) is False
+    assert owner_alive({**me, "vaesweep.host": "elsewhere"}) is None
+    assert owner_alive({}) is None
+
+
+def test_close_stale_runs_touches_only_dead_owners_of_that_sweep(workdir):
+    from vaesweep.tracking import TrackedRun
+    from vaesweep.tracking.stale import close_stale_runs
+    uri = f"sqlite:///{workdir}/mlflow.db"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("vaesweep")
+    dead = {"vaesweep.host": socket.gethostname(), "vaesweep.pid": str(dead_pid())}
+    stale = client.create_run(exp, tags={"vaesweep.sweep": "quick", **dead}).info.run_id
+    other_sweep = client.create_run(exp, tags={"vaesweep.sweep": "other", **dead}).info.run_id
+    other_host = client.create_run(exp, tags={"vaesweep.sweep": "quick", **dead,
+                                              "vaesweep.host": "elsewhere"}).info.run_id
+    live = TrackedRun(uri, "vaesweep", tags={"vaesweep.sweep": "quick"}).run_id
+    assert close_stale_runs(uri, "vaesweep", "quick") == [stale]
+    run = client.get_run(stale)
+    assert run.info.status == "KILLED"
+    assert run.data.tags["vaesweep.error"].startswith(f"stale: its process {dead['vaesweep.pid']}")
+    for rid in (other_sweep, other_host, live):
+        assert client.get_run(rid).info.status == "RUNNING"
+
+
+# -- kill -9 of a sweep in the middle of a trial ----------------------------------------------
+@pytest.mark.slow
+def test_sweep_killed_mid_trial_resumes_to_n_trials_and_closes_its_run(tmp_path):
+    # 12 steps: long enough that the trial is still training when the kill lands
+    args = ["-m", "+sweep=quick", *FAST, "trainer.max_steps=12", "hydra.sweeper.n_trials=2"]
+    uri, storage = f"sqlite:///{tmp_path}/mlflow.db", f"sqlite:///{tmp_path}/optuna.db"
+    proc = start(args, tmp_path)
+
+    def trial_running():  # the trial's MLflow run exists and trains
+        return [r for r in search_runs(uri) if r.data.tags.get("vaesweep.trial")
+                and r.info.status == "RUNNING"]
+    killed = wait_for(trial_running, proc=proc, every=0.2)[0]
+    kill9(proc)
+    assert load(storage).trials[-1].state == S.RUNNING
+    assert MlflowClient(uri).get_run(killed.info.run_id).info.status == "RUNNING"
+
+    res = run_cli(args, tmp_path, env={"OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    study = load(storage)
+    number = int(killed.data.tags["vaesweep.trial"])
+    dead = study.trials[number]
+    assert dead.state == S.FAIL and dead.user_attrs["fail_reason"].startswith("stale: the sweep process")
+    assert len([t for t in study.trials if t.state == S.COMPLETE]) == 2
+    run = MlflowClient(uri).get_run(killed.info.run_id)
+    assert run.info.status == "KILLED"
+    assert run.data.tags["vaesweep.error"].startswith("stale: its process")
+    assert not [r for r in search_runs(uri) if r.info.status == "RUNNING"]
+
+
+# -- a NaN loss -------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_nan_trial_stops_at_once_is_failed_and_the_study_goes_on(workdir):
+    """A real NaN: Adam at lr=1e30 sends the Gaussian head's weights to inf at step 1."""
+    storage, uri = f"sqlite:///{workdir}/optuna.db", f"sqlite:///{workdir}/mlflow.db"
+    study = optuna.create_study(study_name="quick", storage=storage,
+                                directions=["minimize", "minimize"])
+    study.enqueue_trial({"optim.lr": 1e30, "kl.beta_norm": 0.5})  # the first trial blows up
+    code, err = vaesweep(["-m", "+sweep=quick", *FAST, "trainer.max_steps=6",
+                          "likelihood=gaussian", "optim.lr=choice(0.0005,1e30)",
+                          "hydra.sweeper.n_trials=2"])
+    assert code == 0, err[-3000:]
+    study = load(storage)
+    first = study.trials[0]
+    assert first.params["optim.lr"] == 1e30 and first.state == S.FAIL
+    reason = first.user_attrs["fail_reason"]
+    assert reason.startswith("FloatingPointError: non-finite loss at step 1:"), reason
+    assert len([t for t in study.trials if t.state == S.COMPLETE]) == 2  # it went on
+    runs = {int(r.data.tags["vaesweep.trial"]): r for r in search_runs(uri)
+            if r.data.tags.get("vaesweep.trial")}
+    assert runs[0].info.status == "FAILED"
+    assert "non-finite loss at step 1" in runs[0].data.tags["vaesweep.error"]
+    # stopped at once: no validation (every 2 steps) ran
+    assert not [k for k in runs[0].data.metrics if k.startswith("val/")]
+
+
+@pytest.mark.slow
+def test_a_fault_every_trial_hits_stops_the_sweep(workdir):
+    code, err = vaesweep(["-m", "+sweep=quick", *FAST, "likelihood=gaussian", "optim.lr=1e30",
+                          "hydra.sweeper.n_trials=2", "hydra.sweeper.max_failures_in_a_row=2"])
+    assert code == 2, err[-3000:]
+    assert err.strip().splitlines()[-1].startswith(
+        "vaesweep: error: 2 trials in a row failed (hydra.sweeper.max_failures_in_a_row=2)")
+    study = load(f"sqlite:///{workdir}/optuna.db")
+    assert [t.state for t in study.trials] == [S.FAIL, S.FAIL]
+    runs = search_runs(f"sqlite:///{workdir}/mlflow.db")
+    assert sorted(r.info.status for r in runs) == ["FAILED", "FAILED", "FAILED"]  # + parent
+
+
+# -- kill -9 of a training run, resumed from its last checkpoint ------------------------------
+RESUME = ["kl=geco", "kl/schedule=linear", "kl.schedule.steps=8", "data.subset=256",
+          "data.batch_size=32", "trainer=smoke", "trainer.max_steps=12",
+          "trainer.val_check_interval=3", "trainer.limit_val_batches=1",
+          "trainer.limit_test_batches=1", "trainer.log_every_n_steps=1", "metrics.enabled=false",
+          "tracking.log_checkpoint=false", "threads=1"]
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_from_last_checkpoint_exactly_in_the_same_mlflow_run(tmp_path):
+    """GECO's multiplier, a linear warm-up, Adam's moments, the batch order and the noise all
+    continue as if never stopped: the resumed run ends bit-identical to an uninterrupted one
+    (230 training images in batches of 32: the run crosses an epoch boundary)."""
+    ref_uri, uri = f"sqlite:///{tmp_path}/ref.db", f"sqlite:///{tmp_path}/run.db"
+    ref = start([*RESUME, f"hydra.run.dir={tmp_path}/ref", f"tracking.uri={ref_uri}"], tmp_path,
+                "ref.txt")
+    run_args = [*RESUME, f"hydra.run.dir={tmp_path}/run", f"tracking.uri={uri}"]
+    proc = start(run_args, tmp_path, "run.txt")
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    wait_for(last.is_file, proc=proc, every=0.01)
+    kill9(proc)
+    at = torch.load(last, weights_only=True)["global_step"]
+    assert 0 < at < 12, f"killed at step {at}: too late to test a resumption"
+    run_id = (last.parent / "mlflow_run_id").read_text()
+    assert MlflowClient(uri).get_run(run_id).info.status == "RUNNING"
+
+    res = run_cli([*run_args, "ckpt_path=last"], tmp_path, env={"OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert ref.wait(timeout=600) == 0, (tmp_path / "ref.txt").read_text()[-3000:]
+
+    a = torch.load(tmp_path / "ref" / "checkpoints" / "final.ckpt", weights_only=True)
+    b = torch.load(tmp_path / "run" / "checkpoints" / "final.ckpt", weights_only=True)
+    assert a["global_step"] == b["global_step"] == 12
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for k, v in a["state_dict"].items():
+        assert (torch.equal(v, b["state_dict"][k]) if torch.is_tensor(v)
+                else v == b["state_dict"][k]), k
+    geco = b["state_dict"]["kl._extra_state"]
+    assert geco == a["state_dict"]["kl._extra_state"] and geco["step"] == 12
+    for (i, sa), sb in zip(a["optimizer_states"][0]["state"].items(),
+                           b["optimizer_states"][0]["state"].values()):
+        assert all(torch.equal(sa[k], sb[k]) for k in sa), f"Adam state of parameter {i}"
+
+    runs = search_runs(uri)
+    assert [r.info.run_id for r in runs] == [run_id], "a second run appeared"
+    run, ref_run = runs[0], search_runs(ref_uri)[0]
+    assert run.info.status == "FINISHED" and run.data.tags["vaesweep.resumes"] == "1"
+    assert "vaesweep.error" not in run.data.tags
+    tests = {k: v for k, v in ref_run.data.metrics.items() if k.startswith("test/")}
+    assert tests and {k: run.data.metrics[k] for k in tests} == tests
+    steps = {m.step for m in MlflowClient(uri).get_metric_history(run_id, "train/beta_eff")}
+    assert set(range(at, 12)) <= steps  # the resumed steps carry on the same series
+
+
+def test_resume_needs_a_stable_output_folder(workdir):
+    """``ckpt_path=last`` looks in this run's own folder; without hydra.run.dir it is a new,
+    empty one, and the error says so (instead of Lightning silently starting afresh)."""
+    from conftest import compose
+    from vaesweep.errors import ConfigError
+    from vaesweep.train import resolve_ckpt
+    with pytest.raises(ConfigError, match="hydra.run.dir"):
+        resolve_ckpt("last", workdir / "outputs" / "new")
+    assert compose(["ckpt_path=last"]).ckpt_path == "last"
+
+
+# -- a full disk ------------------------------------------------------------------------------
+SMALL = ["trainer=smoke", "data.subset=64", "data.batch_size=16", "metrics.enabled=false",
+         "threads=1"]
+
+
+def test_tracking_store_on_a_full_disk_is_one_clear_error_and_no_study(workdir, full_disk):
+    uri = f"sqlite:///{full_disk}/mlflow.db"
+    code, err = vaesweep([*SMALL, f"tracking.uri={uri}"])
+    assert code == 2, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"vaesweep: error: tracking.uri='{uri}' is invalid: allowed is a "
+                           "reachable, writable MLflow tracking store"), err[-3000:]
+    assert "database or disk is full" in last and "Traceback" not in err
+
+    code, err = vaesweep(["-m", "+sweep=quick", *FAST, f"tracking.uri={uri}"])
+    assert code == 2, err[-3000:]
+    assert f"tracking.uri='{uri}'" in err.strip().splitlines()[-1]
+    assert "Traceback" not in err
+    db = workdir / "optuna.db"  # the study was never created: nothing half-written
+    assert not db.exists() or not optuna.get_all_study_names(f"sqlite:///{db}")
+
+
+@pytest.mark.slow
+def test_disk_full_during_a_run_is_one_error_and_a_failed_run(workdir, full_disk):
+    """The tracking store fits; the first checkpoint (~6 MB) does not."""
+    code, err = vaesweep([*SMALL, f"hydra.run.dir={full_disk}/outputs"])
+    assert code == 2, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("vaesweep: error: the run stopped on a fault of the machine: "
+                           "OSError: [Errno 28] No space left on device"), err[-3000:]
+    runs = search_runs(f"sqlite:///{workdir}/mlflow.db")
+    assert [r.info.status for r in runs] == ["FAILED"]
+    assert "No space left on device" in runs[0].data.tags["vaesweep.error"]
+
+
+@pytest.mark.slow
+def test_disk_full_during_a_sweep_stops_it_with_one_error(workdir, full_disk):
+    """Both stores fit; the first checkpoint does not. The sweep stops at the first trial with
+    one line, not failing trial after trial; its run is FAILED with the reason."""
+    code, err = vaesweep(["-m", "+sweep=quick", *FAST, f"hydra.sweep.dir={full_disk}/multirun"])
+    assert code == 2, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("vaesweep: error: trial 0 failed on a fault of the machine"), last
+    assert "No space left on device" in last
+    study = load(f"sqlite:///{workdir}/optuna.db")
+    assert [t.state for t in study.trials] == [S.FAIL]
+    runs = [r for r in search_runs(f"sqlite:///{workdir}/mlflow.db")
+            if r.data.tags.get("vaesweep.trial") == "0"]
+    assert [r.info.status for r in runs] == ["FAILED"]
+    assert "No space left on device" in runs[0].data.tags["vaesweep.error"]
+
+
+# -- four workers on one SQLite study ---------------------------------------------------------
+@pytest.mark.slow
+def test_four_workers_share_one_sqlite_study_every_trial_once(tmp_path):
+    run_workers(["-m", "+sweep=quick", *FAST, "hydra.sweeper.n_trials=4"], tmp_path, workers=4)
+    assert_every_trial_once(load(f"sqlite:///{tmp_path}/optuna.db"),
+                            f"sqlite:///{tmp_path}/mlflow.db", n_trials=4, workers=4)
