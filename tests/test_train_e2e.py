@@ -69,8 +69,8 @@ def test_a_job_that_dies_marks_its_run_failed(workdir, monkeypatch):
         raise RuntimeError("injected failure")
     monkeypatch.setattr(VAEModule, "training_step", boom)
     with pytest.raises(RuntimeError, match="injected"):
-        run_job(compose([*SMOKE, "metrics.enabled=false"]))
-    runs = search_runs("sqlite:///mlflow.db")
+        run_job(compose([*SMOKE, "metrics.enabled=false", f"tracking.uri=sqlite:///{workdir}/mlflow.db"]))
+    runs = search_runs(f"sqlite:///{workdir}/mlflow.db")
     assert [r.info.status for r in runs] == ["FAILED"]
     assert "injected failure" in runs[0].data.tags["vaesweep.error"]
 

@@ -42,6 +42,16 @@ def resolve(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError(str(getattr(e, "full_key", "?")), "interpolation", str(e)) from None
 
 
+def absolute_sqlite(uri: str) -> str:
+    """``sqlite:///rel.db`` as an absolute URI: MLflow caches stores by URI, so a relative
+    path would stay bound to the first working directory of the process."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/") and ":memory:" not in uri:
+        path, sep, query = uri[len(prefix):].partition("?")
+        return prefix + str(Path(path).expanduser().resolve()) + sep + query
+    return uri
+
+
 def check_job(c: Mapping[str, Any]) -> None:
     number("seed", c.get("seed", 0), 0, 2**32 - 1, integer=True)
     objective = c.get("objective") or []
@@ -496,6 +506,7 @@ def prepare(cfg: DictConfig | Mapping[str, Any], out: Path | None
     from vaesweep.data import VAEDataModule
     c = resolve(cfg)
     check_job(c)
+    c["tracking"]["uri"] = absolute_sqlite(str(c["tracking"]["uri"]))
     dm = VAEDataModule(c["data"])
     module = VAEModule(c, dm.imageset.shape)
     ckpt = None
