@@ -130,3 +130,24 @@ def test_two_workers_share_one_study_every_trial_once(tmp_path):
     trials = [int(r.data.tags["vaesweep.trial"]) for r in children]
     assert sorted(trials) == sorted(t.number for t in study.trials)
     assert {t.user_attrs["mlflow_run_id"] for t in finished} <= {r.info.run_id for r in children}
+
+
+def test_a_trial_is_born_with_its_owner_so_a_killed_sweep_leaves_no_anonymous_trial(tmp_path):
+    """Asking and tagging are one transaction: a kill between them cannot leave a RUNNING
+    trial without an owner, which resume would count as live forever."""
+    from hydra_plugins.vaesweep_sweepers.sweepers import ask_owned, fail_stale_trials
+    from vaesweep.tracking.stale import TAG_PID, owner
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/o.db", study_name="s")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    t = ask_owned(study, owner(os.getpid()) | {TAG_PID: str(dead.pid)})
+    frozen = study._storage.get_trial(t._trial_id)
+    assert frozen.state == optuna.trial.TrialState.RUNNING
+    assert frozen.system_attrs[TAG_PID] == dead.pid
+    alive = ask_owned(study, owner())
+    assert fail_stale_trials(study) == [t.number]
+    states = {x.number: x.state for x in study.get_trials()}
+    assert states == {t.number: optuna.trial.TrialState.FAIL,
+                      alive.number: optuna.trial.TrialState.RUNNING}
+    assert "died" in study.trials[t.number].user_attrs["fail_reason"]

@@ -82,6 +82,26 @@ def fail_stale_trials(study: optuna.Study) -> list[int]:
     return failed
 
 
+def ask_owned(study: optuna.Study, owner_attrs: dict) -> optuna.Trial:
+    """``study.ask()``, but the trial is created RUNNING with its owner (host, pid) in one
+    transaction: a sweep killed between asking and tagging would otherwise leave a RUNNING
+    trial with no owner, which no resume could tell from a live one."""
+    import datetime
+    attrs = {k: int(v) if k == "vaesweep.pid" else v for k, v in owner_attrs.items()}
+    study._thread_local.cached_all_trials = None
+    waiting = study._pop_waiting_trial_id()  # an enqueued trial: tag it as ask() would
+    if waiting is not None:
+        for k, v in attrs.items():
+            study._storage.set_trial_system_attr(waiting, k, v)
+        return optuna.Trial(study, waiting)
+    template = optuna.trial.FrozenTrial(
+        number=-1, state=optuna.trial.TrialState.RUNNING, value=None, values=None,
+        datetime_start=datetime.datetime.now(), datetime_complete=None, params={},
+        distributions={}, user_attrs={}, system_attrs=attrs, intermediate_values={},
+        trial_id=-1)
+    return optuna.Trial(study, study._storage.create_new_trial(study._study_id, template))
+
+
 def representative(dist: Any) -> Any:
     """A value inside an Optuna distribution (its middle; the first choice)."""
     if isinstance(dist, optuna.distributions.CategoricalDistribution):
@@ -258,11 +278,7 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
             to_go = self.n_trials - done - running
             if to_go <= 0:
                 break
-            trials = [study.ask() for _ in range(min(to_go, self.n_jobs))]
-            for t in trials:
-                for k, v in me.items():
-                    study._storage.set_trial_system_attr(
-                        t._trial_id, k, int(v) if k == "vaesweep.pid" else v)
+            trials = [ask_owned(study, me) for _ in range(min(to_go, self.n_jobs))]
             overrides = self._configure_trials(trials, space, fixed, fixed_overrides)
             self.launcher.per_job = [[f"study.trial={t.number}"] for t in trials]
             returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
