@@ -7,6 +7,7 @@ import inspect
 import logging
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -18,6 +19,10 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 import vaesweep.resolvers  # noqa: F401  (resolvers the configs use)
+
+# Lightning 2.6's own call into torch's pytree (not ours, nothing to act on), printed by
+# every trial of a sweep
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 from vaesweep.errors import ConfigError, number
 from vaesweep.module import OPTIMIZERS, VAEModule
 from vaesweep.names import METRIC_NAMES, is_metric_name
