@@ -210,7 +210,7 @@ PH = Phases()
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--jobs", type=int, default=4, help="jobs in one process: the first is cold (default 4)")
-    p.add_argument("--steps", type=int, default=20, help="trainer.max_steps of each job (quick: 650)")
+    p.add_argument("--steps", type=int, default=20, help="trainer.max_steps of each job (quick: see sweeps/quick.yaml)")
     p.add_argument("--metrics", nargs="*", default=["fast", "default"], choices=["fast", "default"],
                    help="metric settings to time evaluate_model with (none: skip)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")

@@ -2,7 +2,7 @@
 trial after another in one process) and with the joblib launcher (2 trials at a time).
 
     python benchmarks/bench_sweep.py                    # reduced budget: 4 trials x 100 steps
-    python benchmarks/bench_sweep.py --full             # quick as shipped: 6 trials x 650 steps
+    python benchmarks/bench_sweep.py --full             # quick as shipped (sweeps/quick.yaml)
     python benchmarks/bench_sweep.py --trials 4 --steps 200 --launchers basic
 
 Each launcher runs the real command line (`python -m vaesweep -m +sweep=quick ...`) in a fresh
@@ -27,6 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import header, table  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 LAUNCHERS = {
     "basic": [],
@@ -62,24 +64,27 @@ def run_sweep(launcher: str, trials: int, steps: int | None, extra: list[str], d
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--full", action="store_true", help="quick as shipped: 6 trials, 650 steps")
+    p.add_argument("--full", action="store_true", help="quick as shipped (n_trials and max_steps of sweeps/quick.yaml)")
     p.add_argument("--trials", type=int, default=4, help="trials per sweep (reduced budget)")
     p.add_argument("--steps", type=int, default=100, help="trainer.max_steps per trial (reduced budget)")
     p.add_argument("--launchers", nargs="+", default=list(LAUNCHERS), choices=list(LAUNCHERS))
     p.add_argument("overrides", nargs="*", help="extra overrides for every sweep")
     a = p.parse_args()
-    trials, steps = (6, None) if a.full else (a.trials, a.steps)
+    from omegaconf import OmegaConf
+    shipped = OmegaConf.load(ROOT / "sweeps" / "quick.yaml")
+    q_trials, q_steps = shipped.hydra.sweeper.n_trials, shipped.trainer.max_steps
+    trials, steps = (q_trials, None) if a.full else (a.trials, a.steps)
     data = Path(tempfile.mkdtemp(prefix="bench-sweep-data-"))
     rows = []
     for launcher in a.launchers:
         r = run_sweep(launcher, trials, steps, a.overrides, data)
         between = (r["wall"] - r["trial_s"] * r["trials"] / (2 if launcher == "joblib" else 1)) / max(1, r["trials"])
         rows.append([launcher, f"{r['trials']} (+{r['failed']} failed)" if r["failed"] else r["trials"],
-                     steps or 650, f"{r['wall']:.0f}", f"{3600 * r['trials'] / r['wall']:.0f}",
+                     steps or q_steps, f"{r['wall']:.0f}", f"{3600 * r['trials'] / r['wall']:.0f}",
                      f"{r['trial_s']:.1f}", f"{between:.1f}", f"{r['ips']:.0f}"])
     print(header("Sweep throughput: the quick study"))
-    budget = "quick as shipped (6 trials x 650 steps)" if a.full else \
-        f"reduced budget: {trials} trials x {steps} steps (quick: 6 x 650), other settings as quick"
+    budget = f"quick as shipped ({q_trials} trials x {q_steps} steps)" if a.full else \
+        f"reduced budget: {trials} trials x {steps} steps (quick: {q_trials} x {q_steps}), other settings as quick"
     print(f"{budget}; extra overrides: {' '.join(a.overrides) or 'none'}; load average at the end: "
           + ", ".join(f"{x:.2f}" for x in os.getloadavg()) + "\n")
     print(table(["launcher", "trials", "steps", "wall (s)", "trials/hour", "median trial (s)",

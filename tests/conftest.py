@@ -26,6 +26,18 @@ def compose(overrides: Sequence[str] = ()):
 
 
 @pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread, and several threads on a busy machine can be
+    a hundred times slower (spinning intra-op workers). Modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
 def workdir(tmp_path, monkeypatch):
     """A fresh working directory (mlflow.db, outputs/ land here) with a private data cache."""
     monkeypatch.chdir(tmp_path)

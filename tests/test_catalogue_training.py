@@ -65,14 +65,7 @@ FAST_KL = {"capacity": {"c_steps": 2, "c_max": 5.0}, "geco": {"nu": 1.0},
 PARTS = ([("schedule", n) for n in sorted(SCHEDULES)] + [("kl", n) for n in sorted(WEIGHTINGS)])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and several threads on a busy machine can be
-    a hundred times slower (spinning intra-op workers)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

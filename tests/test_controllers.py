@@ -19,12 +19,7 @@ from vaesweep.kl import WEIGHTINGS, build_weighting
 from vaesweep.module import VAEModule
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def batch(element_nll: float, rates: list[float], n: int = 10, m: int = 2):

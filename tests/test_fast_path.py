@@ -22,12 +22,7 @@ from vaesweep.errors import ConfigError
 from vaesweep.module import VAEModule
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_set(n: int = 300) -> ImageSet:
