@@ -19,10 +19,6 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 import vaesweep.resolvers  # noqa: F401  (resolvers the configs use)
-
-# Lightning 2.6's own call into torch's pytree (not ours, nothing to act on), printed by
-# every trial of a sweep
-warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 from vaesweep.errors import ConfigError, number
 from vaesweep.module import OPTIMIZERS, VAEModule
 from vaesweep.names import METRIC_NAMES, is_metric_name
@@ -30,6 +26,10 @@ from vaesweep.tracking import (TAG_COMMIT, TAG_PARENT, TAG_SWEEP, TAG_TRIAL, Tra
                                flatten, git_commit)
 from vaesweep.tracking.run import check_store
 from vaesweep.tracking.plots import kl_per_dim_figure, reconstructions_figure, traversals_figure
+
+# Lightning 2.6's own call into torch's pytree (not ours, nothing to act on), printed by
+# every trial of a sweep
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 log = logging.getLogger(__name__)
 

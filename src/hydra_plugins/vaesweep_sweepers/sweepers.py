@@ -87,7 +87,9 @@ def ask_owned(study: optuna.Study, owner_attrs: dict) -> optuna.Trial:
     transaction: a sweep killed between asking and tagging would otherwise leave a RUNNING
     trial with no owner, which no resume could tell from a live one."""
     import datetime
-    attrs = {k: int(v) if k == "vaesweep.pid" else v for k, v in owner_attrs.items()}
+
+    from vaesweep.tracking.stale import TAG_PID
+    attrs = {k: int(v) if k == TAG_PID else v for k, v in owner_attrs.items()}
     study._thread_local.cached_all_trials = None
     waiting = study._pop_waiting_trial_id()  # an enqueued trial: tag it as ask() would
     if waiting is not None:
