@@ -72,28 +72,70 @@ def test_capacity_mean_reduction_and_free_bits():
 # -- GECO (Rezende & Viola 2018) ----------------------------------------------------------
 def test_geco_update_rule_by_hand():
     w = build_weighting({"name": "geco", "kappa": 0.1, "nu": 0.5, "alpha": 0.9}, 10, 2)
-    assert w.beta_eff() == 1.0  # λ_0 = 1: the ELBO
+    assert w.beta_eff() == 10.0  # λ_0 = 1: beta_eff = N/λ (the ELBO is λ = N)
     step(w, 0.3, [1.0, 2.0])  # C = 0.2, C_ma = C at the first step
     lam = math.exp(0.5 * 0.2)
-    assert w.lam == pytest.approx(lam) and w.beta_eff() == pytest.approx(1 / lam)
+    assert w.lam == pytest.approx(lam) and w.beta_eff() == pytest.approx(10 / lam)
     step(w, 0.0, [1.0, 2.0])  # C = −0.1
     c_ma = 0.9 * 0.2 + 0.1 * -0.1
     lam *= math.exp(0.5 * c_ma)
     assert w.c_ma == pytest.approx(c_ma) and w.lam == pytest.approx(lam)
     # distortion above target raises λ, i.e. lowers the KL weight
-    assert w.beta_eff() < 1.0
+    assert w.beta_eff() < 10.0
+    # the reduction sets the gradient scale only (issue 12.1: it was N/(M·λ) under mean)
     mean = build_weighting({"name": "geco", "reduction": "mean", "lambda_init": 2.0}, 10, 2)
-    assert mean.beta_eff() == pytest.approx(10 / (2 * 2.0)) and mean.scale == pytest.approx(0.1)
+    assert mean.beta_eff() == pytest.approx(10 / 2.0) and mean.scale == pytest.approx(0.1)
 
 
 def test_geco_lambda_is_clamped_and_never_overflows():
     w = build_weighting({"name": "geco", "kappa": 0.0, "nu": 1e3, "lambda_min": 0.01,
                          "lambda_max": 100.0}, 10, 2)
     step(w, 1e6, [1.0])
-    assert w.lam == pytest.approx(100.0) and w.beta_eff() == pytest.approx(0.01)
+    assert w.lam == pytest.approx(100.0) and w.beta_eff() == pytest.approx(10 / 100.0)
     for _ in range(2000):  # the moving average turns negative after a while
         step(w, -1e6, [1.0])
-    assert w.lam == pytest.approx(0.01) and w.beta_eff() == pytest.approx(100.0)
+    assert w.lam == pytest.approx(0.01) and w.beta_eff() == pytest.approx(10 / 0.01)
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+@pytest.mark.parametrize("lam", [0.5, 3.0, 400.0])
+def test_geco_beta_eff_is_the_weight_its_gradients_see(reduction, lam):
+    """Issue 12.1. Rezende & Viola's Lagrangian R + λ·(D/N − κ): the gradient on R relative
+    to D is N/λ. GECO's loss must weigh R by exactly that (whatever the reduction), and log
+    it as beta_eff."""
+    n, m = 12, 3
+    w = build_weighting({"name": "geco", "reduction": reduction, "lambda_init": lam}, n, m)
+    nll = torch.rand(4, n, requires_grad=True)
+    kl = torch.rand(4, m, requires_grad=True)
+    t = w(nll, kl)
+    g_nll, g_kl = torch.autograd.grad(t.loss, (nll, kl))
+    # the paper's Lagrangian on the same batch, by autograd
+    nll2, kl2 = nll.detach().requires_grad_(), kl.detach().requires_grad_()
+    lagrangian = kl2.sum(1).mean() + lam * (nll2.sum(1).mean() / n - w.kappa)
+    p_nll, p_kl = torch.autograd.grad(lagrangian, (nll2, kl2))
+    paper = float(p_kl[0, 0] / p_nll[0, 0])
+    assert paper == pytest.approx(n / lam)
+    seen = g_kl / g_nll[:, :1]  # every element of D has the same gradient
+    assert torch.allclose(seen, torch.full_like(seen, paper), rtol=1e-5)
+    assert t.beta_eff == pytest.approx(paper) and w.beta_eff() == pytest.approx(paper)
+
+
+def test_geco_beta_eff_init_starts_at_that_weight_and_is_checked():
+    w = build_weighting({"name": "geco", "beta_eff_init": 4.0}, 4096, 10)
+    assert w.beta_eff() == pytest.approx(4.0) and w.lam == pytest.approx(1024.0)
+    with pytest.raises(ConfigError, match="kl.beta_eff_init"):
+        build_weighting({"name": "geco", "beta_eff_init": 1e-6}, 4096, 10)  # λ > λ_max
+
+
+def test_geco_lambda_falls_at_most_nu_kappa_a_step():
+    """With the defaults (ν·κ = 0.001) λ needs at least ln(100)/0.001 = 4,605 steps to fall
+    from 100 to 1, whatever the distortion (D ≥ 0)."""
+    w = build_weighting({"name": "geco", "lambda_init": 100.0}, 10, 2)
+    steps = 0
+    while w.lam > 1.0:
+        step(w, 0.0, [1.0])
+        steps += 1
+    assert steps == math.ceil(math.log(100) / (w.nu * w.kappa))
 
 
 def test_geco_averages_the_batches_of_one_optimiser_step():

@@ -17,17 +17,77 @@ STEPS = st.integers(0, 10**7)
 @settings(max_examples=50, deadline=None)
 @given(step=STEPS)
 def test_every_schedule_is_bounded_and_ends_at_one(name, step):
-    s = build_schedule({"name": name})
+    s = build_schedule({"name": name}, max_steps=10000)
     assert 0.0 <= s(step) <= 1.0
     assert s(10**9) == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("name", sorted(SCHEDULES))
 def test_every_schedule_is_a_pure_function_of_the_step(name):
-    s = build_schedule({"name": name})
+    s = build_schedule({"name": name}, max_steps=10000)
     steps = [0, 1, 7, 2500, 5000, 99999, 3, 0]
     first = [s(t) for t in steps]
-    assert [build_schedule({"name": name})(t) for t in steps] == first == [s(t) for t in steps]
+    assert [build_schedule({"name": name}, max_steps=10000)(t) for t in steps] == first == [
+        s(t) for t in steps]
+
+
+# -- lengths: fractions of the run by default, absolute steps when set -----------------------
+@pytest.mark.parametrize("name", sorted(SCHEDULES))
+@pytest.mark.parametrize("max_steps", [6, 2000, 300000])
+def test_default_schedules_reach_their_target_within_the_run(name, max_steps):
+    """Issue 12.2: linear and cosine over 10,000 steps and the sigmoid's midpoint at 2,500
+    never reached the weight within trainer=cpu's 2,000 steps (linear ended at 0.2)."""
+    s = build_schedule({"name": name}, max_steps=max_steps)
+    assert s.end() <= max_steps
+    assert s(max_steps) >= 0.99
+    assert s(s.end()) >= 0.99 and all(s(t) >= 0.99 for t in range(s.end(), s.end() + 50))
+
+
+def test_the_schedules_conf_files_follow_the_run_too():
+    from conftest import compose
+    from omegaconf import OmegaConf
+
+    for name in sorted(SCHEDULES):
+        cfg = OmegaConf.to_container(compose([f"kl/schedule={name}", "trainer=cpu"]), resolve=True)
+        w = build_weighting(cfg["kl"], 4096, 10, cfg["trainer"]["max_steps"])
+        assert w.schedule(2000) >= 0.99 and w.unfinished(2000) is None, name
+
+
+def test_linear_default_is_half_the_run_and_absolute_steps_win():
+    s = build_schedule({"name": "linear"}, max_steps=2000)
+    assert s(500) == pytest.approx(0.5) and s(1000) == 1.0 and s.end() == 1000
+    absolute = build_schedule({"name": "linear", "steps": 10000}, max_steps=2000)
+    assert absolute(2000) == pytest.approx(0.2) and absolute.end() == 10000
+    sig = build_schedule({"name": "sigmoid", "k": 0.0025, "midpoint": 2500}, max_steps=2000)
+    assert sig(2500) == pytest.approx(0.5) and sig.end() > 2000
+    cyc = build_schedule({"name": "cyclical", "total_steps": 80, "ratio": 0.5}, max_steps=10**6)
+    assert cyc.end() == 70  # the last of 4 cycles of 20 rises over its first 10
+
+
+@pytest.mark.parametrize("cfg, key", [
+    ({"name": "linear"}, "kl.schedule.steps"),
+    ({"name": "cosine"}, "kl.schedule.steps"),
+    ({"name": "sigmoid"}, "kl.schedule.k"),
+    ({"name": "sigmoid", "k": 0.01}, "kl.schedule.midpoint"),
+    ({"name": "cyclical"}, "kl.schedule.total_steps"),
+])
+def test_a_fraction_needs_max_steps(cfg, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        build_schedule(cfg, max_steps=None)
+    build_schedule(cfg, max_steps=100)  # the same config trains by steps
+
+
+def test_a_weighting_says_when_training_ends_before_its_schedule():
+    w = build_weighting({"name": "beta", "schedule": {"name": "linear", "steps": 10000}},
+                        4096, 10, 2000)
+    msg = w.unfinished(2000)
+    assert msg is not None and "10000" in msg and "0.2 of its target" in msg
+    assert w.unfinished(10000) is None
+    cap = build_weighting({"name": "capacity", "c_steps": 100000}, 4096, 10, 2000)
+    assert "capacity 0.5 of 25 nats" in cap.unfinished(2000)
+    assert build_weighting({"name": "capacity"}, 4096, 10, 2000).unfinished(2000) is None
+    ctl = build_weighting({"name": "controlvae", "target_steps": 5000}, 4096, 10, 2000)
+    assert ctl.unfinished(2000) is not None and ctl.unfinished(5000) is None
 
 
 # -- sigmoid (Bowman et al. 2016) -------------------------------------------------------
@@ -152,8 +212,27 @@ def test_schedule_multiplies_the_weight_on_optimiser_steps():
     ({"name": "cosine", "steps": -1}, "kl.schedule.steps"),
     ({"name": "cosine", "start": "low"}, "kl.schedule.start"),
     ({"name": "warmup"}, "kl.schedule.name"),
+    ({"name": "linear", "fraction": -0.5}, "kl.schedule.fraction"),
+    ({"name": "cyclical", "fraction": "all"}, "kl.schedule.fraction"),
+    ({"name": "sigmoid", "k_run": 0.0}, "kl.schedule.k_run"),
+    ({"name": "sigmoid", "midpoint_fraction": -1}, "kl.schedule.midpoint_fraction"),
 ])
 def test_bad_schedule_config_names_the_key(cfg, key):
     with pytest.raises(ConfigError) as e:
-        build_weighting({"name": "beta", "schedule": cfg}, 10, 2)
+        build_weighting({"name": "beta", "schedule": cfg}, 10, 2, 100)
     assert e.value.key == key and key in str(e.value)
+
+
+def test_a_run_that_ends_before_its_schedule_is_warned_and_tagged(workdir, caplog):
+    from conftest import compose, search_runs
+    from vaesweep.kl.weighting import TAG_UNFINISHED
+    from vaesweep.train import run_job
+
+    uri = f"sqlite:///{workdir}/mlflow.db"
+    run_job(compose(["trainer=smoke", "data=digits", "model=mlp", "kl=beta",
+                     "kl/schedule=linear", "kl.schedule.steps=100", "metrics.enabled=false",
+                     "tracking.log_checkpoint=false", f"tracking.uri={uri}"]))
+    (run,) = search_runs(uri)
+    assert "before its KL schedule did (step 100" in run.data.tags[TAG_UNFINISHED]
+    assert any("before its KL schedule did" in r.getMessage() for r in caplog.records
+               if r.levelname == "WARNING")

@@ -34,7 +34,9 @@ class VAEModule(L.LightningModule):
         self.encoder, self.decoder = build_model(cfg["model"], self.shape,
                                                  self.head.decoder_channels())
         self.latent_dim = int(cfg["model"].get("latent_dim", 10))
-        self.kl = build_weighting(cfg["kl"], self.n_elements, self.latent_dim)
+        # trainer.max_steps: the unit of the schedules' default lengths (fractions of the run)
+        max_steps = (cfg.get("trainer") or {}).get("max_steps")
+        self.kl = build_weighting(cfg["kl"], self.n_elements, self.latent_dim, max_steps)
         self.optim_cfg = dict(cfg.get("optim") or {"name": "adam", "lr": 1e-3})
         self._val_mu: list[torch.Tensor] = []
         self._val_kl: list[torch.Tensor] = []

@@ -20,6 +20,7 @@ from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 import vaesweep.resolvers  # noqa: F401  (resolvers the configs use)
 from vaesweep.errors import ConfigError, number
+from vaesweep.kl.weighting import TAG_UNFINISHED
 from vaesweep.module import OPTIMIZERS, VAEModule
 from vaesweep.names import METRIC_NAMES, is_metric_name
 from vaesweep.tracking import (TAG_COMMIT, TAG_PARENT, TAG_SWEEP, TAG_TRIAL, TrackedRun,
@@ -589,6 +590,10 @@ def run_job(cfg: DictConfig | Mapping[str, Any], tags: Mapping[str, str] | None 
         trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None,
                     weights_only=True)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if "/" in k}
+        unfinished = module.kl.unfinished(trainer.global_step)
+        if unfinished:  # it never trained at its target weight: say so where results are read
+            log.warning("%s", unfinished)
+            run.client.set_tag(run.run_id, TAG_UNFINISHED, unfinished[:5000])
         test = trainer.test(module, datamodule=dm, verbose=False, weights_only=True)
         metrics.update({k: float(v) for k, v in (test[0] if test else {}).items()})
         if c.get("metrics", {}).get("enabled", True):

@@ -9,7 +9,9 @@ term then pushes the rate *up*). Within DESIGN §1 the loss is ``mean_b[D] + pen
 the penalty γ·|R̄ − C| handed to :func:`~vaesweep.kl.loss.assemble`.
 
 γ is written in the units of ``kl.reduction`` like ``beta`` (``mean``: γ·N/M); C is in nats
-of R (summed over latents) whatever the reduction. A schedule multiplies γ.
+of R (summed over latents) whatever the reduction. A schedule multiplies γ. C rises over
+``c_steps`` optimiser steps when set, else over ``c_fraction`` (1.0: Burgess et al.'s "over
+the course of training") of trainer.max_steps.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from typing import Any, Mapping
 
 import torch
 
-from vaesweep.errors import number
+from vaesweep.errors import ConfigError, number
 from vaesweep.kl.loss import LossTerms, assemble, beta_eff_from
 from vaesweep.kl.weighting import WEIGHTINGS, KLWeighting
 
@@ -26,13 +28,22 @@ from vaesweep.kl.weighting import WEIGHTINGS, KLWeighting
 class Capacity(KLWeighting):
     """γ·|R − C(t)|; its state is the step and the sign of R − C of the last training batch."""
 
-    keys = {"gamma": 1000.0, "c_max": 25.0, "c_steps": 100000}
+    keys = {"gamma": 1000.0, "c_max": 25.0, "c_steps": None, "c_fraction": 1.0}
 
-    def __init__(self, cfg: Mapping[str, Any], n_elements: int, n_latents: int) -> None:
-        super().__init__(cfg, n_elements, n_latents)
+    def __init__(self, cfg: Mapping[str, Any], n_elements: int, n_latents: int,
+                 max_steps: int | None = None) -> None:
+        super().__init__(cfg, n_elements, n_latents, max_steps)
         self.gamma = number("kl.gamma", self.cfg["gamma"], 0.0)
         self.c_max = number("kl.c_max", self.cfg["c_max"], 0.0)
-        self.c_steps = number("kl.c_steps", self.cfg["c_steps"], 0, integer=True)
+        if self.cfg["c_steps"] is not None:
+            self.c_steps = int(number("kl.c_steps", self.cfg["c_steps"], 0, integer=True))
+        else:
+            fraction = number("kl.c_fraction", self.cfg["c_fraction"], 0.0)
+            if self.max_steps is None:
+                raise ConfigError("kl.c_steps", None, "a number of optimiser steps",
+                                  "kl.c_fraction is a fraction of trainer.max_steps, which is "
+                                  "not set (training by epochs)")
+            self.c_steps = int(round(fraction * self.max_steps))
         self.last_gap: float | None = None  # R̄ − C of the last training batch
 
     def capacity(self, step: int) -> float:
@@ -40,6 +51,13 @@ class Capacity(KLWeighting):
         if self.c_steps == 0 or step >= self.c_steps:
             return self.c_max
         return self.c_max * step / self.c_steps
+
+    def schedule_end(self) -> int:
+        return max(super().schedule_end(), self.c_steps)
+
+    def progress(self, step: int) -> str:
+        return (f"capacity {self.capacity(step):.3g} of {self.c_max:.3g} nats, "
+                f"{super().progress(step)}")
 
     def gamma_eff(self) -> float:
         """γ in sum units (DESIGN §1's table, as for ``beta``), times the schedule."""

@@ -5,8 +5,9 @@ under gradient accumulation) and update once per optimiser step in :meth:`advanc
 mean of what they saw since the last step. Validation and test call neither, so the weight is
 frozen there. Their variables live in the module's extra state (checkpoints).
 
-The weight they produce is written in the units of ``kl.reduction`` like ``beta`` (``sum``:
-beta_eff is the weight itself; ``mean``: weight·N/M), and a schedule multiplies it.
+ControlVAE's weight is written in the units of ``kl.reduction`` like ``beta`` (``sum``:
+beta_eff is the weight itself; ``mean``: weight·N/M); GECO's follows from its constraint
+(beta_eff = N/λ under either reduction). A schedule multiplies either.
 """
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ from vaesweep.kl.weighting import WEIGHTINGS, KLWeighting
 class Controller(KLWeighting):
     """Base of the controllers: averages one observed quantity over the batches of a step."""
 
-    def __init__(self, cfg: Mapping[str, Any], n_elements: int, n_latents: int) -> None:
-        super().__init__(cfg, n_elements, n_latents)
+    def __init__(self, cfg: Mapping[str, Any], n_elements: int, n_latents: int,
+                 max_steps: int | None = None) -> None:
+        super().__init__(cfg, n_elements, n_latents, max_steps)
         self._sum, self._count = 0.0, 0
 
     def measure(self, terms: LossTerms) -> float:
@@ -67,17 +69,25 @@ class GECO(Controller):
         C_ma ← α·C_ma + (1 − α)·C_t   (C_ma = C_1 at the first step)
         λ ← clamp(λ·exp(ν·C_ma), λ_min, λ_max)
 
-    Their Lagrangian R + λ·C is, divided by λ, ``D + (1/λ)·R`` plus a constant: within DESIGN
-    §1 every run trains on ``scale·mean[D + beta_eff·R]``, so GECO trains on that with
-    beta_eff = 1/λ (``sum``; ``mean``: N/(M·λ)). Dropping the paper's overall factor λ changes
-    the gradient's size, not its direction (Adam mostly ignores it).
+    Their Lagrangian R + λ·C = R + (λ/N)·D − λκ is (λ/N)·(D + (N/λ)·R) plus a constant, so
+    the weight on R that its gradients see, relative to D, is beta_eff = N/λ whatever
+    ``kl.reduction``. Within DESIGN §1 GECO trains on ``scale·mean[D + (N/λ)·R]`` (the
+    reduction only sets ``scale``: 1 or 1/N); this drops the paper's overall factor λ/N,
+    which changes the gradient's size, not its direction (Adam mostly ignores it). The
+    logged beta_eff is N/λ: the ELBO is λ = N.
+
+    λ rises by up to exp(ν·C_ma) a step while the distortion is above target, but falls by at
+    most exp(ν·κ) a step (C ≥ −κ when D ≥ 0): with ν·κ = 0.001, λ needs at least 4,600 steps
+    to fall by a factor 100 (beta_eff to rise by 100). ``beta_eff_init`` (when set) starts at
+    λ = N/beta_eff_init instead of ``lambda_init``.
     """
 
-    keys = {"kappa": 0.01, "alpha": 0.99, "nu": 0.1, "lambda_init": 1.0,
-            "lambda_min": 1e-3, "lambda_max": 1e3}
+    keys = {"kappa": 0.01, "alpha": 0.99, "nu": 0.1, "lambda_init": 1.0, "beta_eff_init": None,
+            "lambda_min": 1e-3, "lambda_max": 1e5}
 
-    def __init__(self, cfg: Mapping[str, Any], n_elements: int, n_latents: int) -> None:
-        super().__init__(cfg, n_elements, n_latents)
+    def __init__(self, cfg: Mapping[str, Any], n_elements: int, n_latents: int,
+                 max_steps: int | None = None) -> None:
+        super().__init__(cfg, n_elements, n_latents, max_steps)
         self.kappa = number("kl.kappa", self.cfg["kappa"])
         self.alpha = number("kl.alpha", self.cfg["alpha"], 0.0, 1.0)
         if self.alpha == 1.0:
@@ -85,8 +95,14 @@ class GECO(Controller):
         self.nu = number("kl.nu", self.cfg["nu"], 0.0, lo_open=True)
         self.lambda_min = number("kl.lambda_min", self.cfg["lambda_min"], 0.0, lo_open=True)
         self.lambda_max = number("kl.lambda_max", self.cfg["lambda_max"], self.lambda_min)
-        self.lam = number("kl.lambda_init", self.cfg["lambda_init"], self.lambda_min,
-                          self.lambda_max)
+        if self.cfg["beta_eff_init"] is not None:
+            n = self.n_elements
+            b0 = number("kl.beta_eff_init", self.cfg["beta_eff_init"], n / self.lambda_max,
+                        n / self.lambda_min)
+            self.lam = n / b0
+        else:
+            self.lam = number("kl.lambda_init", self.cfg["lambda_init"], self.lambda_min,
+                              self.lambda_max)
         self.c_ma: float | None = None
 
     def measure(self, terms: LossTerms) -> float:
@@ -100,7 +116,11 @@ class GECO(Controller):
         self.lam = math.exp(min(max(log_lam, math.log(self.lambda_min)), math.log(self.lambda_max)))
 
     def weight(self) -> float:
-        return 1.0 / self.lam
+        """N/λ: beta_eff itself, not in the units of ``kl.reduction`` (see the class)."""
+        return self.n_elements / self.lam
+
+    def base_beta_eff(self) -> float:
+        return self.weight()
 
     def get_extra_state(self) -> dict[str, Any]:
         return {**super().get_extra_state(), "lambda": self.lam, "c_ma": self.c_ma}
@@ -125,8 +145,9 @@ class ControlVAE(Controller):
     keys = {"target": 18.0, "target_start": 0.5, "target_steps": 0, "kp": 0.01, "ki": 0.0001,
             "beta_min": 0.0, "beta_max": 1000.0}
 
-    def __init__(self, cfg: Mapping[str, Any], n_elements: int, n_latents: int) -> None:
-        super().__init__(cfg, n_elements, n_latents)
+    def __init__(self, cfg: Mapping[str, Any], n_elements: int, n_latents: int,
+                 max_steps: int | None = None) -> None:
+        super().__init__(cfg, n_elements, n_latents, max_steps)
         self.target = number("kl.target", self.cfg["target"], 0.0)
         self.target_start = number("kl.target_start", self.cfg["target_start"], 0.0)
         self.target_steps = number("kl.target_steps", self.cfg["target_steps"], 0, integer=True)
@@ -142,6 +163,13 @@ class ControlVAE(Controller):
         if self.target_steps == 0 or step >= self.target_steps:
             return self.target
         return self.target_start + (self.target - self.target_start) * step / self.target_steps
+
+    def schedule_end(self) -> int:
+        return max(super().schedule_end(), self.target_steps)
+
+    def progress(self, step: int) -> str:
+        return (f"set point {self.set_point(step):.3g} of {self.target:.3g} nats, "
+                f"{super().progress(step)}")
 
     def measure(self, terms: LossTerms) -> float:
         return float(terms.rate.detach().mean())

@@ -2,6 +2,13 @@
 
 Schedules hold no state of their own; the step counter lives in the weighting module's
 buffers, so checkpoints restore it and validation (which never steps) leaves it frozen.
+
+Lengths are fractions of the run by default (``fraction``, ``midpoint_fraction``, ...: of
+``trainer.max_steps``, which the module passes as ``max_steps``), so a schedule reaches its
+target within any run length; an absolute length in optimiser steps (``steps``,
+``midpoint``, ``k``, ``total_steps``) wins when it is set. :meth:`Schedule.end` is the step
+from which the multiplier has (within 1%) reached 1: a run that stops before it never
+trained at its target weight (the job warns and tags the run).
 """
 from __future__ import annotations
 
@@ -19,18 +26,38 @@ class Schedule:
 
     keys: Mapping[str, Any] = {}
 
-    def __init__(self, **params: Any) -> None:
+    def __init__(self, max_steps: int | None = None, **params: Any) -> None:
         unknown = sorted(set(params) - set(self.keys))
         if unknown:
             raise ConfigError(f"kl.schedule.{unknown[0]}", params[unknown[0]],
                               f"a key of this schedule: {sorted(self.keys) or 'none'}")
         self.params = {**self.keys, **params}
+        #: trainer.max_steps (None when training by epochs), the unit of the fractions
+        self.max_steps = int(max_steps) if max_steps is not None and int(max_steps) > 0 else None
 
     def number(self, key: str, lo: float = 0.0, hi: float = math.inf, **kw: Any) -> float:
         return number(f"kl.schedule.{key}", self.params[key], lo, hi, **kw)
 
+    def length(self, steps_key: str, fraction_key: str, lo: int = 0) -> int:
+        """A length in optimiser steps: ``steps_key`` when set, else ``fraction_key`` times
+        trainer.max_steps (rounded, at least ``lo``). Raises ConfigError when neither can be
+        had (a fraction of a run trained by epochs)."""
+        if self.params[steps_key] is not None:
+            return int(self.number(steps_key, lo, integer=True))
+        fraction = self.number(fraction_key, 0.0)
+        if self.max_steps is None:
+            raise ConfigError(f"kl.schedule.{steps_key}", None,
+                              "a number of optimiser steps",
+                              f"kl.schedule.{fraction_key} is a fraction of trainer.max_steps, "
+                              "which is not set (training by epochs)")
+        return max(lo, int(round(fraction * self.max_steps)))
+
     def __call__(self, step: int) -> float:
         raise NotImplementedError
+
+    def end(self) -> int:
+        """The first step from which the multiplier is within 1% of 1 for good."""
+        return 0
 
 
 @SCHEDULES.register("constant")
@@ -41,19 +68,23 @@ class Constant(Schedule):
 
 @SCHEDULES.register("linear")
 class Linear(Schedule):
-    """Linear warm-up from ``start`` to 1 over ``steps`` optimiser steps, then 1."""
+    """Linear warm-up from ``start`` to 1 over ``steps`` optimiser steps (default: half of
+    trainer.max_steps, ``fraction`` 0.5), then 1."""
 
-    keys = {"start": 0.0, "steps": 10000}
+    keys = {"start": 0.0, "steps": None, "fraction": 0.5}
 
-    def __init__(self, **params: Any) -> None:
-        super().__init__(**params)
+    def __init__(self, max_steps: int | None = None, **params: Any) -> None:
+        super().__init__(max_steps, **params)
         self.start = self.number("start", 0.0, 1.0)
-        self.steps = self.number("steps", 0, integer=True)
+        self.steps = self.length("steps", "fraction")
 
     def __call__(self, step: int) -> float:
         if self.steps == 0 or step >= self.steps:
             return 1.0
         return self.start + (1.0 - self.start) * step / self.steps
+
+    def end(self) -> int:
+        return self.steps
 
 
 #: Ramp shapes p -> multiplier on [0, 1], increasing from 0 to 1; shared by the schedules
@@ -76,31 +107,50 @@ def _logistic(z: float) -> float:
 @SCHEDULES.register("sigmoid")
 class Sigmoid(Schedule):
     """Bowman et al. 2016: a logistic KL annealing 1 / (1 + exp(−k·(step − midpoint))),
-    in (0, 1), 1/2 at ``midpoint``."""
+    in (0, 1), 1/2 at ``midpoint``.
 
-    keys = {"k": 0.0025, "midpoint": 2500}
+    By default ``midpoint`` is a quarter of trainer.max_steps (``midpoint_fraction``) and
+    ``k`` is ``k_run``/trainer.max_steps (10 per run: 0.08 at step 0, 0.99 at 71% of the
+    run); absolute ``midpoint`` (steps) and ``k`` (per step) win when set."""
 
-    def __init__(self, **params: Any) -> None:
-        super().__init__(**params)
-        self.k = self.number("k", 0.0, lo_open=True)
-        self.midpoint = self.number("midpoint", 0.0)
+    keys = {"k": None, "k_run": 10.0, "midpoint": None, "midpoint_fraction": 0.25}
+
+    def __init__(self, max_steps: int | None = None, **params: Any) -> None:
+        super().__init__(max_steps, **params)
+        if self.params["k"] is not None:
+            self.k = self.number("k", 0.0, lo_open=True)
+        else:
+            k_run = self.number("k_run", 0.0, lo_open=True)
+            if self.max_steps is None:
+                raise ConfigError("kl.schedule.k", None, "a slope per optimiser step",
+                                  "kl.schedule.k_run is per run of trainer.max_steps, "
+                                  "which is not set (training by epochs)")
+            self.k = k_run / self.max_steps
+        self.midpoint = (self.number("midpoint", 0.0) if self.params["midpoint"] is not None
+                         else self.length("midpoint", "midpoint_fraction"))
 
     def __call__(self, step: int) -> float:
         return _logistic(self.k * (step - self.midpoint))
+
+    def end(self) -> int:
+        # logistic(z) >= 0.99 from z = ln 99
+        return max(0, math.ceil(self.midpoint + math.log(99.0) / self.k))
 
 
 @SCHEDULES.register("cyclical")
 class Cyclical(Schedule):
     """Fu et al. 2019: ``total_steps`` split into ``n_cycles`` cycles; the first
     ``ratio`` of each cycle rises from ``start`` to 1 (``shape`` linear or cosine), the rest
-    holds 1. After ``total_steps``: 1."""
+    holds 1. After ``total_steps``: 1. ``total_steps`` defaults to ``fraction`` (1.0) of
+    trainer.max_steps: the paper's cycles span the whole training."""
 
-    keys = {"n_cycles": 4, "ratio": 0.5, "total_steps": 10000, "shape": "linear", "start": 0.0}
+    keys = {"n_cycles": 4, "ratio": 0.5, "total_steps": None, "fraction": 1.0,
+            "shape": "linear", "start": 0.0}
 
-    def __init__(self, **params: Any) -> None:
-        super().__init__(**params)
+    def __init__(self, max_steps: int | None = None, **params: Any) -> None:
+        super().__init__(max_steps, **params)
         self.n_cycles = self.number("n_cycles", 1, integer=True)
-        self.total_steps = self.number("total_steps", 1, integer=True)
+        self.total_steps = self.length("total_steps", "fraction", lo=1)
         self.ratio = self.number("ratio", 0.0, 1.0, lo_open=True)
         self.start = self.number("start", 0.0, 1.0)
         if self.params["shape"] not in RAMPS:
@@ -120,18 +170,25 @@ class Cyclical(Schedule):
             return 1.0
         return self.start + (1.0 - self.start) * self.ramp(tau / self.ratio)
 
+    def end(self) -> int:
+        # the last cycle's rise ends at (n − 1 + ratio)/n of total_steps
+        return math.ceil(self.total_steps * (self.n_cycles - 1 + self.ratio) / self.n_cycles)
+
 
 @SCHEDULES.register("cosine")
 class Cosine(Schedule):
-    """Warm-up from ``start`` to 1 over ``steps`` optimiser steps along a half cosine
-    (flat at both ends), then 1."""
+    """Warm-up from ``start`` to 1 over ``steps`` optimiser steps (default: half of
+    trainer.max_steps, ``fraction`` 0.5) along a half cosine (flat at both ends), then 1."""
 
-    keys = {"start": 0.0, "steps": 10000}
+    keys = {"start": 0.0, "steps": None, "fraction": 0.5}
 
-    def __init__(self, **params: Any) -> None:
-        super().__init__(**params)
+    def __init__(self, max_steps: int | None = None, **params: Any) -> None:
+        super().__init__(max_steps, **params)
         self.start = self.number("start", 0.0, 1.0)
-        self.steps = self.number("steps", 0, integer=True)
+        self.steps = self.length("steps", "fraction")
+
+    def end(self) -> int:
+        return self.steps
 
     def __call__(self, step: int) -> float:
         if self.steps == 0 or step >= self.steps:
@@ -139,7 +196,9 @@ class Cosine(Schedule):
         return self.start + (1.0 - self.start) * RAMPS["cosine"](step / self.steps)
 
 
-def build_schedule(cfg: Mapping[str, Any] | None) -> Schedule:
+def build_schedule(cfg: Mapping[str, Any] | None, max_steps: int | None = None) -> Schedule:
+    """The schedule of ``kl.schedule``; ``max_steps`` (trainer.max_steps, None or ≤ 0 when
+    training by epochs) is the unit of its fractions."""
     cfg = dict(cfg or {"name": "constant"})
     name = cfg.pop("name", "constant")
-    return SCHEDULES.build(name, **cfg)
+    return SCHEDULES.build(name, max_steps, **cfg)

@@ -16,6 +16,8 @@ from vaesweep.kl.schedules import build_schedule
 from vaesweep.registry import Registry
 
 WEIGHTINGS = Registry("KL weighting", "kl.name")
+#: MLflow tag of a run that ended before its KL schedule did (its text: :meth:`KLWeighting.unfinished`)
+TAG_UNFINISHED = "vaesweep.schedule_unfinished"
 
 
 class KLWeighting(nn.Module):
@@ -28,7 +30,8 @@ class KLWeighting(nn.Module):
     common = {"reduction": "sum", "free_bits": 0.0, "schedule": None}
     keys: Mapping[str, Any] = {}
 
-    def __init__(self, cfg: Mapping[str, Any], n_elements: int, n_latents: int) -> None:
+    def __init__(self, cfg: Mapping[str, Any], n_elements: int, n_latents: int,
+                 max_steps: int | None = None) -> None:
         super().__init__()
         cfg = {k: v for k, v in dict(cfg).items() if k != "name"}
         allowed = {**self.common, **self.keys}
@@ -41,7 +44,9 @@ class KLWeighting(nn.Module):
         if self.reduction not in REDUCTIONS:
             raise ConfigError("kl.reduction", self.reduction, REDUCTIONS)
         self.free_bits = number("kl.free_bits", self.cfg["free_bits"], 0.0)
-        self.schedule = build_schedule(self.cfg["schedule"])
+        #: trainer.max_steps (None when training by epochs): the unit of schedule fractions
+        self.max_steps = int(max_steps) if max_steps is not None and int(max_steps) > 0 else None
+        self.schedule = build_schedule(self.cfg["schedule"], self.max_steps)
         self.n_elements, self.n_latents = int(n_elements), int(n_latents)
         self.scale = gradient_scale(self.reduction, self.n_elements)
         self.step = 0
@@ -53,6 +58,25 @@ class KLWeighting(nn.Module):
 
     def beta_eff(self) -> float:
         return self.base_beta_eff() * self.schedule(self.step)
+
+    def schedule_end(self) -> int:
+        """The optimiser step from which the weight follows its final rule (the schedule's
+        :meth:`~vaesweep.kl.schedules.Schedule.end`; capacity and set-point ramps add theirs)."""
+        return self.schedule.end()
+
+    def unfinished(self, steps_done: int) -> str | None:
+        """A sentence when training stopped at ``steps_done`` before :meth:`schedule_end`
+        (the run never trained at its target weight), else None."""
+        end = self.schedule_end()
+        if steps_done >= end:
+            return None
+        return (f"training ended at step {steps_done}, before its KL schedule did (step {end}; "
+                f"{self.progress(steps_done)}): give the schedule's lengths as fractions of "
+                "trainer.max_steps (the default) or train longer")
+
+    def progress(self, step: int) -> str:
+        """Where the weighting's ramps stand at ``step``, in words (for :meth:`unfinished`)."""
+        return f"the weight is at {self.schedule(step):.3g} of its target"
 
     def penalty(self, kl_dim: torch.Tensor, beta_eff: float) -> torch.Tensor | None:
         """The rate term trained on, when it is not beta_eff·R (free bits: Kingma et al. 2016,
@@ -86,8 +110,9 @@ class Beta(KLWeighting):
 
     keys = {"beta": 1.0}
 
-    def __init__(self, cfg: Mapping[str, Any], n_elements: int, n_latents: int) -> None:
-        super().__init__(cfg, n_elements, n_latents)
+    def __init__(self, cfg: Mapping[str, Any], n_elements: int, n_latents: int,
+                 max_steps: int | None = None) -> None:
+        super().__init__(cfg, n_elements, n_latents, max_steps)
         self.weight = number("kl.beta", self.cfg["beta"], 0.0)
 
     def base_beta_eff(self) -> float:
@@ -100,13 +125,17 @@ class BetaNorm(KLWeighting):
 
     keys = {"beta_norm": 0.1}
 
-    def __init__(self, cfg: Mapping[str, Any], n_elements: int, n_latents: int) -> None:
-        super().__init__(cfg, n_elements, n_latents)
+    def __init__(self, cfg: Mapping[str, Any], n_elements: int, n_latents: int,
+                 max_steps: int | None = None) -> None:
+        super().__init__(cfg, n_elements, n_latents, max_steps)
         self.weight = number("kl.beta_norm", self.cfg["beta_norm"], 0.0)
 
     def base_beta_eff(self) -> float:
         return beta_eff_from(self.weight, self.reduction, self.n_elements, self.n_latents, True)
 
 
-def build_weighting(cfg: Mapping[str, Any], n_elements: int, n_latents: int) -> KLWeighting:
-    return WEIGHTINGS.build(cfg["name"], cfg, n_elements, n_latents)
+def build_weighting(cfg: Mapping[str, Any], n_elements: int, n_latents: int,
+                    max_steps: int | None = None) -> KLWeighting:
+    """The weighting of ``kl``: images of ``n_elements`` elements, ``n_latents`` latents;
+    ``max_steps`` (trainer.max_steps) is the unit of the schedule's fractions."""
+    return WEIGHTINGS.build(cfg["name"], cfg, n_elements, n_latents, max_steps)
