@@ -24,9 +24,11 @@ def split(data, represent, seed=0, n_train=N_TRAIN, n_test=N_TEST):
 
 
 def code_scores(data, represent, n_train=N_TRAIN, n_test=N_TEST) -> dict[str, float]:
+    """The code scores; SAP standardised (its scale-free option: the ceiling and invariance
+    tests below hold for it at any scale; the reference SAP is tested on its own)."""
     c, f, ct, ft = split(data, represent, n_train=n_train, n_test=n_test)
     d = dci(c, f, ct, ft)
-    return {"mig": mig(c, f), "sap": sap(c, f, ct, ft), "dci_d": d["disentanglement"],
+    return {"mig": mig(c, f), "sap": sap(c, f, ct, ft, standardize=True), "dci_d": d["disentanglement"],
             "dci_c": d["completeness"], "dci_i": d["informativeness"]}
 
 
@@ -59,7 +61,7 @@ def test_perfect_codes_score_sap_near_its_maximum(scores, data):
 def test_sap_ceiling_for_binary_factors_is_one_half():
     binary = ToyData((2, 2, 2))
     c, f, ct, ft = split(binary, noisy_perfect(binary, 0.05))
-    assert sap(c, f, ct, ft) == pytest.approx(0.5, abs=0.03)
+    assert sap(c, f, ct, ft, standardize=True) == pytest.approx(0.5, abs=0.03)
 
 
 @pytest.mark.parametrize("name", ["mig", "sap", "dci_d", "dci_c"])
@@ -182,8 +184,9 @@ def test_code_scores_invariant_to_permutation_and_rescaling(data, args):
 def test_sampling_scores_invariant_to_permutation_and_rescaling(data, args):
     perm, scale, shift = _transform(args)
     for score, kwargs in ((factorvae_score, FV_SAMPLING), (betavae_score, SAMPLING)):
-        base = score(mixed(data, seed=2), data, seed=5, **kwargs)
-        moved = score(transformed(mixed(data, seed=2), perm, scale, shift), data, seed=5, **kwargs)
+        kw = {**kwargs, **({"standardize": True} if score is betavae_score else {})}
+        base = score(mixed(data, seed=2), data, seed=5, **kw)
+        moved = score(transformed(mixed(data, seed=2), perm, scale, shift), data, seed=5, **kw)
         assert moved == pytest.approx(base, abs=0.02), score.__name__
 
 
@@ -194,7 +197,36 @@ def test_invariance_tests_can_fail(data):
     c, f, ct, ft = split(data, noisy_perfect(data, 0.05))
     scale = 0.01
     assert sap(c, f, ct, ft, standardize=False) - sap(scale * c, f, scale * ct, ft, standardize=False) > 0.2
-    assert sap(scale * c, f, scale * ct, ft) == pytest.approx(sap(c, f, ct, ft), abs=1e-9)
+    assert sap(scale * c, f, scale * ct, ft, standardize=True) == pytest.approx(
+        sap(c, f, ct, ft, standardize=True), abs=1e-9)
+
+
+def test_sap_and_betavae_default_to_disentanglement_libs_raw_codes(data):
+    """Issue 12.3: by default SAP and the beta-VAE score are disentanglement_lib's, on the raw
+    codes, in the functions and in a run's settings; standardising is an option. On noisy
+    one-to-one codes at scale 0.2 the reference SAP is 0.32, the standardised one 0.69."""
+    from vaesweep.metrics.evaluate import resolve_settings
+
+    c, f, ct, ft = split(data, noisy_perfect(data, 0.05))
+    s = 0.2
+    raw, standardised = sap(s * c, f, s * ct, ft, standardize=False), sap(s * c, f, s * ct, ft, standardize=True)
+    assert standardised - raw > 0.2
+    assert sap(s * c, f, s * ct, ft) == raw
+    code = lambda im: 0.05 * mixed(data, seed=2)(im)  # noqa: E731
+    assert betavae_score(code, data, seed=5, **SAMPLING) == betavae_score(
+        code, data, seed=5, standardize=False, **SAMPLING)
+    settings = resolve_settings({})
+    assert settings["sap_standardize"] is False and settings["betavae_standardize"] is False
+    from omegaconf import OmegaConf
+
+    from conftest import compose
+    from vaesweep.tracking import flatten
+    params = flatten(OmegaConf.to_container(compose([]), resolve=False))  # a run's params
+    assert params["metrics.sap_standardize"] is False and params["metrics.betavae_standardize"] is False
+    # the reference still ranks the toy codes
+    n = split(data, noise(data))
+    m = split(data, mixed(data))
+    assert sap(*n) + 0.1 < sap(*m) < sap(c, f, ct, ft) - 0.1
 
 
 def test_inputs_are_checked():

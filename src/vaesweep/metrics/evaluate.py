@@ -27,7 +27,7 @@ structure_source               sample      sample: fresh factor draws, rendered 
 num_points                     10000       MIG points; SAP/DCI and probe training points
 num_test_points                5000        SAP/DCI and probe test points
 mig_bins                       20
-sap_standardize                true        false: disentanglement_lib's raw latents
+sap_standardize                false       disentanglement_lib's raw latents; true: z-scored
 dci_estimator                  binned      binned (fast, same algorithm) or sklearn
 dci_max_bins                   255
 factorvae_batch_size           64
@@ -38,7 +38,7 @@ factorvae_prune_threshold      0.05        latents with std below it are pruned
 betavae_batch_size             64
 betavae_num_train              10000
 betavae_num_eval               5000
-betavae_standardize            true        false: disentanglement_lib's raw features
+betavae_standardize            false       disentanglement_lib's raw features; true: z-scored
 knn_k                          5
 =============================  ==========  ================================================
 """
@@ -83,7 +83,7 @@ DEFAULTS: dict[str, Any] = {
     "num_points": 10_000,
     "num_test_points": 5_000,
     "mig_bins": 20,
-    "sap_standardize": True,
+    "sap_standardize": False,
     "dci_estimator": "binned",
     "dci_max_bins": 255,
     "factorvae_batch_size": 64,
@@ -94,7 +94,7 @@ DEFAULTS: dict[str, Any] = {
     "betavae_batch_size": 64,
     "betavae_num_train": 10_000,
     "betavae_num_eval": 5_000,
-    "betavae_standardize": True,
+    "betavae_standardize": False,
     "knn_k": 5,
 }
 _CHOICES = {"tc_estimator": ("mss", "mws"), "structure_source": ("sample", "test"),

@@ -6,10 +6,11 @@ difference of the codes over the batch (a vector, one entry per latent); its lab
 ``LogisticRegression`` is trained on ``num_train`` (10,000) points and scored on ``num_eval``
 (5,000) new ones.
 
-One deliberate difference, on by default (``standardize=True``): the features are z-scored
-with their training mean and standard deviation before the regression, so the score does not
-depend on the scale of each latent (with the default C=1 it otherwise does, slightly).
-``standardize=False`` is the reference exactly. Chance level is 1/F.
+By default (``standardize=False``) this is the reference exactly. With its C=1 the score
+depends (slightly) on the scale of each latent; ``standardize=True`` z-scores the features
+with their training mean and standard deviation before the regression, which removes that
+but is not disentanglement_lib's number (``metrics.betavae_standardize``, logged with the
+run's params). Chance level is 1/F.
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ def _pair_batches(data: FactorData, num: int, batch_size: int,
 
 
 def betavae_score(represent: Represent, data: FactorData, seed: int, *, batch_size: int = 64,
-                  num_train: int = 10_000, num_eval: int = 5_000, standardize: bool = True,
+                  num_train: int = 10_000, num_eval: int = 5_000, standardize: bool = False,
                   chunk_size: int = 4096, dedupe: bool = True,
                   details: bool = False) -> float | dict[str, float]:
     """beta-VAE score (eval accuracy of the logistic regression), in [0, 1]; see the module."""
