@@ -6,12 +6,10 @@ from omegaconf import OmegaConf
 from vaesweep.kl.loss import beta_eff_from
 
 
-def beta_equivalent(reduction: str, b: float, n_elements: int, n_latents: int) -> float:
-    """The ``beta`` under ``reduction`` that gives the same beta_eff as beta = b under
-    ``mean``: b·N/M for ``sum``, b for ``mean`` (DESIGN §1)."""
-    if reduction == "sum":
-        return beta_eff_from(float(b), "mean", int(n_elements), int(n_latents), False)
-    return float(b)
+def beta_for(reduction: str, beta_eff: float, n_elements: int, n_latents: int) -> float:
+    """The ``beta`` under ``reduction`` whose beta_eff is ``beta_eff`` (DESIGN §1): beta_eff
+    for ``sum``, beta_eff·M/N for ``mean``."""
+    return float(beta_eff) / beta_eff_from(1.0, reduction, int(n_elements), int(n_latents), False)
 
 
 def steps_at(total: int, fraction: float) -> int:
@@ -23,7 +21,7 @@ def div(a: float, b: float) -> float:
     return float(a) / float(b)
 
 
-RESOLVERS = {"div": div, "beta_equivalent": beta_equivalent, "steps_at": steps_at}
+RESOLVERS = {"div": div, "beta_for": beta_for, "steps_at": steps_at}
 
 
 def register() -> None:
