@@ -113,6 +113,80 @@ def test_optimal_sigma_detach_stops_the_gradient_through_sigma(detach):
 
 
 # -- continuous Bernoulli -----------------------------------------------------------------
+def _sigma_vae(seed: int = 0):
+    """A small σ-VAE (mlp, 8x8 images) and 40 grey images with a batch(idx) like an ImageSet."""
+    from types import SimpleNamespace
+
+    from vaesweep.module import VAEModule
+
+    torch.manual_seed(seed)
+    m = VAEModule({"model": {"name": "mlp", "latent_dim": 3, "hidden": [16]},
+                   "likelihood": {"name": "gaussian_optimal"}, "kl": {"name": "beta"}}, (1, 8, 8))
+    images = _rand(40, 1, 8, 8, seed=seed)
+    return m.eval(), SimpleNamespace(batch=lambda idx: images[torch.as_tensor(idx)]), images
+
+
+def test_optimal_sigma_fixed_for_evaluation_makes_examples_independent_of_their_batch():
+    """Issue 12.8: with σ from each evaluated batch, an example's NLL depends on the others in
+    its batch (and, inside IWAE, on the other samples of its k·B chunk)."""
+    from vaesweep.likelihood.gaussian_optimal import fix_sigma_for_evaluation
+    from vaesweep.metrics.iwae import iwae_nll
+
+    m, data, x = _sigma_vae()
+    with torch.no_grad():
+        z = m.encode(x)[0]
+        alone = m.log_likelihood(x[:1], z[:1])
+        assert not torch.allclose(alone, m.log_likelihood(x, z)[:1])  # the batch σ: it moves
+    sigma = fix_sigma_for_evaluation(m, data, np.arange(30), seed=0)
+    # σ² is the MSE of the 30 training images at one posterior sample each
+    with torch.no_grad():
+        mu, logvar = m.encode(x[:30])
+        gen = torch.Generator().manual_seed(0)
+        # the same images in the same (seeded) order as the function's
+        order = np.random.default_rng(0).permutation(np.arange(30))
+        mu, logvar = m.encode(x[order])
+        out = m.decode(mu + torch.randn(mu.shape, generator=gen) * (0.5 * logvar).exp())
+        expected = softclip(0.5 * torch.log((x[order] - out).double().pow(2).mean()), -6.0)
+    assert math.log(sigma) == pytest.approx(float(expected), rel=1e-5)
+    with torch.no_grad():
+        assert torch.allclose(m.log_likelihood(x[:1], z[:1]), m.log_likelihood(x, z)[:1])
+    whole = iwae_nll(m.encode, m.log_likelihood, x[30:], k=16, seed=3, max_samples=4096)
+    chunked = iwae_nll(m.encode, m.log_likelihood, x[30:], k=16, seed=3, max_samples=10)
+    assert torch.allclose(whole, chunked)
+    assert float(m.head.sigma()) == pytest.approx(sigma)
+    # fixing twice keeps the first σ; fix_sigma(None) returns to the batch σ
+    assert fix_sigma_for_evaluation(m, data, np.arange(30, 40)) == pytest.approx(sigma)
+    m.head.fix_sigma(None)
+    assert not m.head.is_fixed
+
+
+def test_evaluate_model_fixes_the_sigma_first_from_the_training_images():
+    from vaesweep.likelihood.gaussian_optimal import fix_sigma_for_evaluation
+    from vaesweep.metrics import evaluate_model
+
+    cfg = {"enabled": ["iwae_nll", "mse"], "iwae_points": 10, "iwae_k": 8}
+    m, data, _ = _sigma_vae()
+    evaluate_model(m, data, np.arange(30, 40), cfg, seed=0, train_idx=np.arange(30))
+    ref, data, _ = _sigma_vae()
+    assert m.head.is_fixed
+    assert float(m.head.sigma()) == pytest.approx(fix_sigma_for_evaluation(ref, data, np.arange(30)))
+    # without training images: the evaluated images as a whole
+    m, data, _ = _sigma_vae()
+    evaluate_model(m, data, np.arange(30, 40), cfg, seed=0)
+    ref, data, _ = _sigma_vae()
+    assert float(m.head.sigma()) == pytest.approx(
+        fix_sigma_for_evaluation(ref, data, np.arange(30, 40)))
+
+
+def test_other_heads_are_left_alone_by_the_evaluation_sigma():
+    from vaesweep.likelihood.gaussian_optimal import fix_sigma_for_evaluation
+    from vaesweep.module import VAEModule
+
+    m = VAEModule({"model": {"name": "mlp", "latent_dim": 3, "hidden": [16]},
+                   "likelihood": {"name": "bernoulli"}, "kl": {"name": "beta"}}, (1, 8, 8))
+    assert fix_sigma_for_evaluation(m, None, np.arange(3)) is None
+
+
 def _ref_log_c(lam: np.ndarray) -> np.ndarray:
     """float64 references: the closed form log(2 artanh(1−2λ)/(1−2λ)) away from 1/2, and its
     Taylor series in d = λ − 1/2 near it: C = 2·Σ_k (2d)^(2k)/(2k+1)."""

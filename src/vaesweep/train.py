@@ -21,6 +21,7 @@ from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 import vaesweep.resolvers  # noqa: F401  (resolvers the configs use)
 from vaesweep.errors import ConfigError, number
 from vaesweep.kl.weighting import TAG_UNFINISHED
+from vaesweep.likelihood.gaussian_optimal import fix_sigma_for_evaluation
 from vaesweep.module import OPTIMIZERS, VAEModule
 from vaesweep.names import METRIC_NAMES, is_metric_name
 from vaesweep.tracking import (TAG_COMMIT, TAG_PARENT, TAG_SWEEP, TAG_TRIAL, TrackedRun,
@@ -594,6 +595,8 @@ def run_job(cfg: DictConfig | Mapping[str, Any], tags: Mapping[str, str] | None 
         if unfinished:  # it never trained at its target weight: say so where results are read
             log.warning("%s", unfinished)
             run.client.set_tag(run.run_id, TAG_UNFINISHED, unfinished[:5000])
+        # σ-VAE: one σ, from the training images, for every evaluated batch (test and metrics)
+        fix_sigma_for_evaluation(module, dm.imageset, dm.train_idx, seed=int(c.get("seed", 0)))
         test = trainer.test(module, datamodule=dm, verbose=False, weights_only=True)
         metrics.update({k: float(v) for k, v in (test[0] if test else {}).items()})
         if c.get("metrics", {}).get("enabled", True):

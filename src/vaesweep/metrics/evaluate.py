@@ -54,6 +54,7 @@ import numpy as np
 import torch
 
 from vaesweep.errors import ConfigError, number
+from vaesweep.likelihood.gaussian_optimal import fix_sigma_for_evaluation
 from vaesweep.metrics._arrays import codes_for_classes, to_numpy
 from vaesweep.metrics.disentanglement import betavae_score, dci, factorvae_score, mig, sap
 from vaesweep.metrics.iwae import iwae_nll
@@ -219,6 +220,10 @@ def evaluate_model(module: Any, imageset: Any, test_idx: Any, cfg_metrics: Mappi
         return np.concatenate(mus), np.concatenate(logvars)
 
     with _eval_mode(module):
+        # σ-VAE: σ fixed before evaluating, so no example depends on its batch or IWAE chunk
+        # (from the training images; from the evaluated ones when train_idx is not given)
+        fix_sigma_for_evaluation(module, imageset, test_idx if train_idx is None else train_idx,
+                                 batch_size=bs, seed=int(seed))
         if enabled & {"mse", "psnr"}:
             with timer("mse/psnr"):
                 idx = _choose(test_idx, s["recon_points"], rngs["mse"])
