@@ -2,6 +2,7 @@
 subcommands ``best``, ``reproduce`` and ``report``."""
 from __future__ import annotations
 
+import importlib.resources
 import logging
 import os
 import sys
@@ -17,8 +18,18 @@ log = logging.getLogger("vaesweep")
 #: (the sweepers: optuna.samplers.*, optuna.pruners.*), so a config cannot run other code.
 EXECUTION_WHITELIST: tuple[str, ...] = ()
 
-_REPO = Path(__file__).resolve().parents[2]
-CONF_DIR = Path(os.environ.get("VAESWEEP_CONF_DIR", _REPO / "conf"))
+
+def conf_dir() -> Path:
+    """The Hydra config folder: ``$VAESWEEP_CONF_DIR`` when set, else the package's ``conf``.
+
+    In a checkout ``src/vaesweep/conf`` is a link to the top-level ``conf/`` (whose ``sweep``
+    links to ``sweeps/``), so an editable install reads the source tree; a wheel or a
+    non-editable ``pip install .`` carries both folders' YAML files as package data there."""
+    env = os.environ.get("VAESWEEP_CONF_DIR")
+    return Path(env) if env else Path(str(importlib.resources.files("vaesweep") / "conf"))
+
+
+CONF_DIR = conf_dir()
 
 
 def _quiet_lightning() -> None:
