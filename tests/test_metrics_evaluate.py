@@ -101,6 +101,15 @@ def test_each_metric_has_its_own_random_stream(result):
     assert only == {k: out[k] for k in ("test/iwae_nll", "test/betavae_score")}
 
 
+def test_code_cache_changes_no_value(result):
+    # every sampling score through one cache, or each encoding its own draws: the same values
+    module, out = result
+    uncached = evaluate_model(module, toy_imageset(), np.arange(0, 144, 2), {**SMALL, "code_cache": 0}, seed=0)
+    assert uncached == out
+    bounded = evaluate_model(module, toy_imageset(), np.arange(0, 144, 2), {**SMALL, "code_cache": 50}, seed=0)
+    assert bounded == out
+
+
 def test_data_without_factors_or_labels():
     module = TinyVAE()
     out = evaluate_model(module, toy_imageset(factors=False), np.arange(144), SMALL, seed=0)
@@ -143,3 +152,8 @@ def test_settings_are_checked():
         resolve_settings({"dci_estimator": "xgboost"})
     with pytest.raises(ConfigError, match="metrics.sap_standardize"):
         resolve_settings({"sap_standardize": "yes"})
+    with pytest.raises(ConfigError, match="metrics.code_cache"):
+        resolve_settings({"code_cache": -1})
+    with pytest.raises(ConfigError, match="metrics.preset"):
+        resolve_settings({"preset": 3})
+    assert resolve_settings({"preset": "fast"})["preset"] == "fast"

@@ -12,6 +12,8 @@ Settings (the ``metrics:`` config group; :data:`DEFAULTS`, checked by :func:`res
 =============================  ==========  ================================================
 key                            default     meaning
 =============================  ==========  ================================================
+preset                         default     name of the settings (conf/metrics/<name>.yaml),
+                                           logged with the run's params
 enabled                        true        true (all), false (none) or a list of METRICS
 batch_size                     256         images per encoder / decoder call
 recon_points                   10000       test images for mse, psnr, active_units
@@ -40,6 +42,8 @@ betavae_num_train              10000
 betavae_num_eval               5000
 betavae_standardize            true        false: disentanglement_lib's raw features
 knn_k                          5
+code_cache                     1048576     codes the sampling scores share (CodeCache), each
+                                           image represented once; 0: no cache
 =============================  ==========  ================================================
 """
 from __future__ import annotations
@@ -54,7 +58,7 @@ import numpy as np
 import torch
 
 from vaesweep.errors import ConfigError, number
-from vaesweep.metrics._arrays import codes_for_classes, to_numpy
+from vaesweep.metrics._arrays import MAX_CACHED_CODES, CodeCache, codes_for_classes, to_numpy
 from vaesweep.metrics.disentanglement import betavae_score, dci, factorvae_score, mig, sap
 from vaesweep.metrics.iwae import iwae_nll
 from vaesweep.metrics.latent import active_units, aggregate_posterior_terms
@@ -70,6 +74,7 @@ FACTOR_METRICS = ("mig", "sap", "dci", "factorvae_score", "betavae_score")
 LABEL_METRICS = ("linear_probe_acc", "knn_acc")
 
 DEFAULTS: dict[str, Any] = {
+    "preset": "default",
     "enabled": True,
     "batch_size": 256,
     "recon_points": 10_000,
@@ -96,13 +101,14 @@ DEFAULTS: dict[str, Any] = {
     "betavae_num_eval": 5_000,
     "betavae_standardize": True,
     "knn_k": 5,
+    "code_cache": MAX_CACHED_CODES,
 }
 _CHOICES = {"tc_estimator": ("mss", "mws"), "structure_source": ("sample", "test"),
             "dci_estimator": ("binned", "sklearn")}
 _BOOLS = ("sap_standardize", "betavae_standardize")
 _FLOATS = {"active_threshold": (0.0, float("inf")), "factorvae_prune_threshold": (0.0, float("inf"))}
 _MINIMUM = {"factorvae_batch_size": 2, "betavae_batch_size": 1, "mig_bins": 2, "dci_max_bins": 2, "tc_points": 2,
-            "num_points": 2, "num_test_points": 1}
+            "num_points": 2, "num_test_points": 1, "code_cache": 0}
 # stream of each metric's random draws: default_rng([seed, stream])
 _STREAM = {name: i + 1 for i, name in enumerate(METRICS)}
 
@@ -128,6 +134,10 @@ def resolve_settings(cfg_metrics: Mapping[str, Any] | None) -> dict[str, Any]:
         s["enabled"] = names
     for key, value in s.items():
         if key == "enabled":
+            continue
+        if key == "preset":
+            if not isinstance(value, str) or not value:
+                raise ConfigError("metrics.preset", value, "a name (that of the metrics= settings)")
             continue
         if key in _CHOICES:
             if value not in _CHOICES[key]:
@@ -288,13 +298,17 @@ def _structure(module: Any, imageset: Any, test_idx: np.ndarray, s: dict[str, An
                encode_idx: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], timer: _Timer) -> dict[str, float]:
     out: dict[str, float] = {}
     represent = _batched(module.represent, device, s["batch_size"])
+    # the sampling scores draw dSprites' images about 2.9 million times for 737,280 distinct
+    # ones at disentanglement_lib's sizes: one cache, so each is encoded once across them all
+    cache = (CodeCache(represent, imageset, chunk_size=4 * s["batch_size"], max_codes=s["code_cache"])
+             if s["code_cache"] > 0 and getattr(imageset, "factor_sizes", None) is not None else None)
     n_train, n_test = s["num_points"], s["num_test_points"]
     if enabled & {"mig", "sap", "dci"}:
         with timer("codes for mig/sap/dci"):
             rng = rngs["mig"]
             if s["structure_source"] == "sample":
                 factors = np.asarray(imageset.sample_factors(n_train + n_test, rng), dtype=np.int64)
-                codes = codes_for_classes(represent, imageset, factors, chunk_size=4 * s["batch_size"])
+                codes = codes_for_classes(represent, imageset, factors, chunk_size=4 * s["batch_size"], cache=cache)
             else:
                 idx = rng.choice(test_idx, size=n_train + n_test, replace=len(test_idx) < n_train + n_test)
                 codes = encode_idx(idx)[0]
@@ -326,7 +340,9 @@ def _structure(module: Any, imageset: Any, test_idx: np.ndarray, s: dict[str, An
             try:
                 stream_seed = int(rngs[name].integers(2**31))
                 out[f"test/{name}"] = float(fn(represent, imageset, stream_seed,
-                                               chunk_size=4 * s["batch_size"], **kwargs))
+                                               chunk_size=4 * s["batch_size"], cache=cache, **kwargs))
             except NotImplementedError as err:  # a set that cannot render factor classes
                 log.warning("metrics: %s skipped: %s", name, err)
+    if cache is not None:
+        log.info("metrics: %d images encoded for the sampling scores (code cache)", cache.represented)
     return out
