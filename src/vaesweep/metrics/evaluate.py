@@ -20,7 +20,8 @@ recon_points                   10000       test images for mse, psnr, active_uni
 active_threshold               0.01        Burda et al. 2016
 iwae_points                    1000        test images for the IWAE bound
 iwae_k                         100         importance samples per image
-iwae_max_samples               4096        (sample, image) pairs per decoder call
+iwae_max_samples               4096        (sample, image) pairs per chunk of images
+                                           (one decoder call; on CPU calls of <= 256)
 tc_points                      2000        test images for total_correlation, mutual_info
 tc_estimator                   mss         mss (stratified) or mws (Chen et al. 2018)
 structure_source               sample      sample: fresh factor draws, rendered (as
@@ -60,7 +61,7 @@ import torch
 from vaesweep.errors import ConfigError, number
 from vaesweep.metrics._arrays import MAX_CACHED_CODES, CodeCache, codes_for_classes, to_numpy
 from vaesweep.metrics.disentanglement import betavae_score, dci, factorvae_score, mig, sap
-from vaesweep.metrics.iwae import iwae_nll
+from vaesweep.metrics.iwae import CPU_PASS_PAIRS, iwae_nll
 from vaesweep.metrics.latent import active_units, aggregate_posterior_terms
 from vaesweep.metrics.probes import knn_acc, linear_probe_acc
 from vaesweep.metrics.rate_distortion import mse, psnr
@@ -260,12 +261,14 @@ def evaluate_model(module: Any, imageset: Any, test_idx: Any, cfg_metrics: Mappi
             with timer("iwae_nll"):
                 idx = _choose(test_idx, s["iwae_points"], rngs["iwae_nll"])
                 chunk = max(1, min(bs, s["iwae_max_samples"] // s["iwae_k"]))
+                # the chunk's seed fixes its samples; smaller decoder passes are faster on CPU
+                passes = s["iwae_max_samples"] if device.type != "cpu" else min(s["iwae_max_samples"], CPU_PASS_PAIRS)
                 values = []
                 for n_batch, i in enumerate(range(0, len(idx), chunk)):
                     x = imageset.batch(idx[i:i + chunk]).to(device)
                     values.append(iwae_nll(module.encode, module.log_likelihood, x, s["iwae_k"],
                                            seed=int(seed) * 100_003 + n_batch,
-                                           max_samples=s["iwae_max_samples"]).cpu())
+                                           max_samples=passes).cpu())
                 out["test/iwae_nll"] = float(torch.cat(values).mean())
         if getattr(imageset, "factors", None) is not None and enabled & set(FACTOR_METRICS):
             out.update(_structure(module, imageset, test_idx, s, enabled, rngs, int(seed), device, encode_idx, timer))

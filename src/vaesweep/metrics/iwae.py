@@ -17,11 +17,13 @@ import torch
 Encode = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 LogLikelihood = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 _LOG_2PI = math.log(2.0 * math.pi)
-#: (sample, image) pairs per decoder pass on a CPU, at most: a pass of conv64 holds 128 KB of
-#: activations per pair, and past about a thousand pairs they outgrow the caches and each
-#: pair costs more (k = 100 on 40 images: 1,024-pair passes were 25% faster than one pass of
-#: 4,000, and one of 25,600 half as fast; benchmarks/RESULTS.md). GPUs take max_samples.
-CPU_PASS_PAIRS = 1024
+#: (sample, image) pairs per decoder pass on a CPU, at most. Smaller passes are faster there:
+#: conv64's largest activation is 128 KB a pair, so 256 pairs stay under the 32 MB above which
+#: glibc (as train.tune_allocator sets it) maps fresh pages for every pass and faults them in
+#: again, and nearer the caches (k = 100 on 40 images: 2.5-3x faster than one pass of 4,000
+#: pairs, and larger passes slower still; benchmarks/bench_iwae.py). evaluate_model passes it
+#: as ``max_samples`` on a CPU; GPUs take metrics.iwae_max_samples.
+CPU_PASS_PAIRS = 256
 
 
 @torch.no_grad()
@@ -31,8 +33,8 @@ def log_importance_weights(encode: Encode, log_likelihood: LogLikelihood, x: tor
 
     ``encode(x) -> (mu, logvar)``; ``log_likelihood(x, z) -> (B,)`` sums log p(x|z) over the
     elements of each example. Samples go through the decoder ``max_samples`` (sample, example)
-    pairs at a time (at most :data:`CPU_PASS_PAIRS` on a CPU), so memory stays bounded for
-    any k; the samples and so the bound do not depend on these passes.
+    pairs at a time, so memory stays bounded for any k; the samples and so the bound do not
+    depend on these passes.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -40,8 +42,7 @@ def log_importance_weights(encode: Encode, log_likelihood: LogLikelihood, x: tor
     b = mu.shape[0]
     std = torch.exp(0.5 * logvar)
     gen = torch.Generator(device=mu.device).manual_seed(int(seed))
-    pairs = int(max_samples) if mu.device.type != "cpu" else min(int(max_samples), CPU_PASS_PAIRS)
-    per_chunk = max(1, pairs // max(b, 1))
+    per_chunk = max(1, int(max_samples) // max(b, 1))
     out = []
     for start in range(0, k, per_chunk):
         kc = min(per_chunk, k - start)
