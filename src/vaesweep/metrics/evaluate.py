@@ -15,7 +15,8 @@ key                            default     meaning
 preset                         default     name of the settings (conf/metrics/<name>.yaml),
                                            logged with the run's params
 enabled                        true        true (all), false (none) or a list of METRICS
-batch_size                     256         images per encoder / decoder call
+batch_size                     256         images per encoder / decoder call (on a CPU
+                                           at most 128: faster there)
 recon_points                   10000       test images for mse, psnr, active_units
 active_threshold               0.01        Burda et al. 2016
 iwae_points                    1000        test images for the IWAE bound
@@ -187,6 +188,18 @@ def _batched(fn: Callable[[torch.Tensor], Any], device: torch.device,
     return run
 
 
+#: images per encoder or decoder call on a CPU, at most: conv64's first activation is 128 KB
+#: an image, and a call of 256 (32 MB) crosses the size above which glibc (as
+#: train.tune_allocator sets it) maps fresh pages for each call and faults them in again:
+#: encoding ran about twice as fast in calls of 128 (benchmarks/RESULTS.md, issue 13). Codes
+#: do not depend on the call size.
+_CPU_CALL_IMAGES = 128
+
+
+def _call_size(batch_size: int, device: torch.device) -> int:
+    return batch_size if device.type != "cpu" else min(batch_size, _CPU_CALL_IMAGES)
+
+
 class _Timer:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
@@ -218,13 +231,14 @@ def evaluate_model(module: Any, imageset: Any, test_idx: Any, cfg_metrics: Mappi
         raise ValueError("evaluate_model: test_idx is empty")
     device = _device(module)
     bs = s["batch_size"]
+    calls = _call_size(bs, device)
     rngs = {name: np.random.default_rng([int(seed), stream]) for name, stream in _STREAM.items()}
     timer = _Timer()
 
     def encode_idx(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         mus, logvars = [], []
-        for i in range(0, len(idx), bs):
-            mu, logvar = module.encode(imageset.batch(idx[i:i + bs]).to(device))
+        for i in range(0, len(idx), calls):
+            mu, logvar = module.encode(imageset.batch(idx[i:i + calls]).to(device))
             mus.append(to_numpy(mu))
             logvars.append(to_numpy(logvar))
         return np.concatenate(mus), np.concatenate(logvars)
@@ -234,8 +248,8 @@ def evaluate_model(module: Any, imageset: Any, test_idx: Any, cfg_metrics: Mappi
             with timer("mse/psnr"):
                 idx = _choose(test_idx, s["recon_points"], rngs["mse"])
                 mses, psnrs = [], []
-                for i in range(0, len(idx), bs):
-                    x = imageset.batch(idx[i:i + bs]).to(device)
+                for i in range(0, len(idx), calls):
+                    x = imageset.batch(idx[i:i + calls]).to(device)
                     x_hat = module.reconstruct(x)
                     mses.append(mse(x_hat, x, reduction="none").cpu())
                     psnrs.append(psnr(x_hat, x, reduction="none").cpu())
@@ -300,7 +314,7 @@ def _structure(module: Any, imageset: Any, test_idx: np.ndarray, s: dict[str, An
                rngs: dict[str, np.random.Generator], seed: int, device: torch.device,
                encode_idx: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], timer: _Timer) -> dict[str, float]:
     out: dict[str, float] = {}
-    represent = _batched(module.represent, device, s["batch_size"])
+    represent = _batched(module.represent, device, _call_size(s["batch_size"], device))
     # the sampling scores draw dSprites' images about 2.9 million times for 737,280 distinct
     # ones at disentanglement_lib's sizes: one cache, so each is encoded once across them all
     cache = (CodeCache(represent, imageset, chunk_size=4 * s["batch_size"], max_codes=s["code_cache"])
