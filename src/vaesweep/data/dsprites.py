@@ -262,7 +262,7 @@ def _imageset(name: str, images: np.ndarray, codec: str, factors: np.ndarray, re
     )
 
 
-#: Subsets up to this size are rendered directly (~25k images/s on one core) instead of cut
+#: Subsets up to this size are rendered directly (~700k images/s on one core) instead of cut
 #: from the full set (a cached load takes ~0.3-0.5 s, a generation ~1-1.5 s); both give
 #: identical images, and a small subset never writes the 377 MB cache.
 DIRECT_RENDER_MAX = 20_000
