@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from test_metrics_toys import ToyData, codes_and_factors, mixed, noise, noisy_perfect, perfect, transformed
-from vaesweep.metrics import betavae_score, dci, factorvae_score, mig, sap
+from vaesweep.metrics import CodeCache, betavae_score, dci, factorvae_score, mig, sap
+from vaesweep.metrics._arrays import MAX_CACHED_CODES, codes_for_classes
 
 N_TRAIN, N_TEST = 2000, 1000
 SAMPLING = {"num_train": 400, "num_eval": 300, "batch_size": 32}
@@ -135,6 +136,61 @@ def test_dedupe_renders_each_factor_vector_once_and_changes_nothing(data):
     assert counted.renders <= int(np.prod(counted.factor_sizes))
     b = factorvae_score(perfect(data), data, seed=0, dedupe=False, **kwargs)
     assert a == b
+
+
+def _small_conv_represent():
+    """A fixed random conv encoder on 64x64 images: float32 codes, like a VAE's posterior mean."""
+    import torch
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 8, stride=8), torch.nn.ReLU(), torch.nn.Flatten(),
+                              torch.nn.Linear(256, 5)).eval()
+    return lambda images: net(images).detach()
+
+
+@pytest.mark.parametrize("max_codes", [MAX_CACHED_CODES, 1000], ids=["dense", "bounded"])
+def test_code_cache_gives_identical_scores_and_encodes_each_image_once(max_codes):
+    # dSprites' grid (737,280 cells): the dense table, or a cache bounded below the draws
+    from vaesweep.data.dsprites import build_dsprites
+
+    ds = build_dsprites({"subset": 64, "progress": False})  # renders directly, writes no cache
+    represent = _small_conv_represent()
+    images = []
+
+    def counted(x):
+        images.append(len(x))
+        return represent(x)
+    fv_kwargs = dict(num_train=40, num_eval=20, batch_size=16, num_variance_estimate=300)
+    bv_kwargs = dict(num_train=40, num_eval=20, batch_size=16)
+    factors = ds.sample_factors(500, np.random.default_rng(1))
+    plain = (mig(codes_for_classes(represent, ds, factors), factors),
+             factorvae_score(represent, ds, 3, **fv_kwargs), betavae_score(represent, ds, 4, **bv_kwargs))
+    cache = CodeCache(counted, ds, chunk_size=256, max_codes=max_codes)
+    cached = (mig(codes_for_classes(counted, ds, factors, cache=cache), factors),
+              factorvae_score(counted, ds, 3, cache=cache, **fv_kwargs),
+              betavae_score(counted, ds, 4, cache=cache, **bv_kwargs))
+    assert cached == plain
+    # the same draws again: every code comes from the cache when it holds them all
+    before = sum(images)
+    again = betavae_score(counted, ds, 4, cache=cache, **bv_kwargs)
+    assert again == plain[2]
+    draws = 500 + 300 + 60 * 16 + 2 * 60 * 16
+    if cache.dense:
+        assert sum(images) == before == cache.represented < draws
+    else:  # full: it keeps its first 1,000 codes and represents the rest again
+        assert len(cache._keys) == max_codes and sum(images) > before
+
+
+def test_code_cache_on_a_small_grid_renders_each_factor_vector_once(data):
+    counted = ToyData()
+    cache = CodeCache(perfect(counted), counted, chunk_size=64)
+    kwargs = dict(num_train=50, num_eval=30, batch_size=16)
+    a = factorvae_score(perfect(counted), counted, seed=0, cache=cache, num_variance_estimate=200, **kwargs)
+    b = betavae_score(perfect(counted), counted, seed=1, cache=cache, **kwargs)
+    # both scores together render the grid at most once (each alone would render most of it)
+    assert counted.renders == cache.represented <= int(np.prod(counted.factor_sizes))
+    assert (a, b) == (factorvae_score(perfect(data), data, seed=0, num_variance_estimate=200, **kwargs),
+                      betavae_score(perfect(data), data, seed=1, **kwargs))
 
 
 def test_factorvae_prunes_collapsed_latents(data):

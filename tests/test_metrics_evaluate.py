@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import compose
 from test_metrics_toys import ToyData
 from vaesweep.data.base import ImageSet
 from vaesweep.errors import ConfigError
-from vaesweep.metrics import DEFAULTS, evaluate_model, resolve_settings
+from vaesweep.metrics import DEFAULTS, METRICS, evaluate_model, resolve_settings
 from vaesweep.names import TEST_METRICS
 
 SMALL = {
@@ -101,6 +102,15 @@ def test_each_metric_has_its_own_random_stream(result):
     assert only == {k: out[k] for k in ("test/iwae_nll", "test/betavae_score")}
 
 
+def test_code_cache_changes_no_value(result):
+    # every sampling score through one cache, or each encoding its own draws: the same values
+    module, out = result
+    uncached = evaluate_model(module, toy_imageset(), np.arange(0, 144, 2), {**SMALL, "code_cache": 0}, seed=0)
+    assert uncached == out
+    bounded = evaluate_model(module, toy_imageset(), np.arange(0, 144, 2), {**SMALL, "code_cache": 50}, seed=0)
+    assert bounded == out
+
+
 def test_data_without_factors_or_labels():
     module = TinyVAE()
     out = evaluate_model(module, toy_imageset(factors=False), np.arange(144), SMALL, seed=0)
@@ -143,3 +153,41 @@ def test_settings_are_checked():
         resolve_settings({"dci_estimator": "xgboost"})
     with pytest.raises(ConfigError, match="metrics.sap_standardize"):
         resolve_settings({"sap_standardize": "yes"})
+    with pytest.raises(ConfigError, match="metrics.code_cache"):
+        resolve_settings({"code_cache": -1})
+    with pytest.raises(ConfigError, match="metrics.preset"):
+        resolve_settings({"preset": 3})
+    assert resolve_settings({"preset": "fast"})["preset"] == "fast"
+
+
+# -- the metrics= settings a job gets -----------------------------------------------------------
+def _settings(overrides):
+    from omegaconf import OmegaConf
+    return resolve_settings(OmegaConf.to_container(compose(overrides), resolve=True)["metrics"])
+
+
+def test_metric_sizes_follow_the_trainer_unless_metrics_is_given():
+    fast, default = _settings(["metrics=fast"]), _settings(["metrics=default"])
+    assert (fast["preset"], fast["iwae_k"], default["preset"]) == ("fast", 20, "default")
+    assert {k: v for k, v in default.items() if k != "preset"} == {
+        k: v for k, v in resolve_settings({}).items() if k != "preset"}  # disentanglement_lib's
+    assert _settings([]) == fast  # a CPU run
+    assert _settings(["trainer=gpu"]) == default
+    # an explicit choice wins: on the command line, or a sweep file's
+    assert _settings(["metrics=default"]) == _settings(["trainer=cpu", "metrics=default"]) == default
+    assert _settings(["trainer=gpu", "metrics=fast"]) == fast
+    assert _settings(["trainer=smoke", "metrics=default"]) == default
+    assert _settings(["+sweep=quick", "trainer=gpu"]) == fast
+
+
+def test_smoke_trainer_runs_every_metric_on_a_few_points():
+    s = _settings(["trainer=smoke"])
+    assert s["preset"] == "smoke" and s["enabled"] == METRICS
+    # images encoded or decoded at most: a few thousand (the CPU default's are ~10x more)
+    images = (s["recon_points"] * 2 + s["tc_points"] + s["iwae_points"] * s["iwae_k"]
+              + s["num_points"] + s["num_test_points"] + s["factorvae_num_variance"]
+              + (s["factorvae_num_train"] + s["factorvae_num_eval"]) * s["factorvae_batch_size"]
+              + 2 * (s["betavae_num_train"] + s["betavae_num_eval"]) * s["betavae_batch_size"])
+    assert images <= 2_000, images
+    assert s["num_points"] >= 2 * s["knn_k"] and s["factorvae_batch_size"] >= 2
+    assert s["dci_estimator"] == "binned"

@@ -5,10 +5,12 @@ a notebook without a Trainer (DESIGN.md section 4).
 * latent: :func:`kl_per_dim`, :func:`rate`, :func:`active_units`, :func:`posterior_collapse`,
   :func:`total_correlation`, :func:`mutual_info`
 * structure against factors (disentanglement_lib's definitions): :func:`mig`, :func:`sap`,
-  :func:`dci`, :func:`factorvae_score`, :func:`betavae_score`
+  :func:`dci`, :func:`factorvae_score`, :func:`betavae_score`; :class:`CodeCache` shares
+  codes between them
 * structure against labels: :func:`linear_probe_acc`, :func:`knn_acc`
 * everything for a trained model: :func:`evaluate_model`
 """
+from vaesweep.metrics._arrays import CodeCache
 from vaesweep.metrics.disentanglement import betavae_score, dci, factorvae_score, mig, sap
 from vaesweep.metrics.evaluate import DEFAULTS, METRICS, evaluate_model, resolve_settings
 from vaesweep.metrics.iwae import iwae_nll, log_importance_weights, negative_elbo
@@ -27,7 +29,7 @@ from vaesweep.metrics.probes import knn_acc, linear_probe_acc
 from vaesweep.metrics.rate_distortion import mse, psnr, rate_distortion
 
 __all__ = [
-    "DEFAULTS", "METRICS", "active_mask", "active_units", "aggregate_posterior_terms", "betavae_score",
+    "CodeCache", "DEFAULTS", "METRICS", "active_mask", "active_units", "aggregate_posterior_terms", "betavae_score",
     "collapsed_mask", "dci", "evaluate_model", "factorvae_score", "iwae_nll", "kl_per_dim", "knn_acc",
     "linear_probe_acc", "log_importance_weights", "mig", "mse", "mutual_info", "negative_elbo",
     "posterior_collapse", "psnr", "rate", "rate_distortion", "resolve_settings", "sap", "total_correlation",

@@ -46,30 +46,124 @@ def check_codes_factors(codes: Any, factors: Any, what: str = "codes") -> tuple[
     return codes, factors
 
 
+def _keyable(sizes: list[int]) -> bool:
+    """Whether every factor vector of the grid has a flat int64 index (C order)."""
+    return float(np.sum(np.log2(np.maximum(np.asarray(sizes, dtype=np.float64), 1.0)))) < 62
+
+
+def _represent_chunks(represent: Represent, data: FactorData, classes: np.ndarray,
+                      chunk_size: int) -> np.ndarray:
+    """Codes (n, latents) of ``data.render(classes)`` in ``represent``'s own dtype, rendered and
+    represented ``chunk_size`` images at a time so memory stays bounded."""
+    out = []
+    for start in range(0, len(classes), chunk_size):
+        codes = represent(data.render(classes[start:start + chunk_size]))
+        codes = codes.detach().cpu().numpy() if isinstance(codes, torch.Tensor) else np.asarray(codes)
+        out.append(codes.reshape(len(codes), -1))
+    return np.concatenate(out, axis=0)
+
+
 @torch.no_grad()
 def codes_for_classes(represent: Represent, data: FactorData, classes: np.ndarray, *,
-                      chunk_size: int = 4096, dedupe: bool = True) -> np.ndarray:
-    """Codes (n, latents) of the images ``data.render(classes)``, rendered and represented in
-    chunks of ``chunk_size`` images so memory stays bounded.
+                      chunk_size: int = 4096, dedupe: bool = True,
+                      cache: CodeCache | None = None) -> np.ndarray:
+    """float64 codes (n, latents) of the images ``data.render(classes)``, rendered and
+    represented in chunks of ``chunk_size`` images so memory stays bounded.
 
     With ``dedupe`` each distinct factor vector is rendered and represented once: exact when
     ``represent`` is a deterministic function of the image (the mean representation), and
     2-4x fewer images for the FactorVAE and beta-VAE scores on dSprites, whose samples repeat.
+    With a ``cache`` (a :class:`CodeCache` of the same ``represent`` and ``data``) the codes
+    are looked up there, so images already represented by an earlier call are not again.
     """
+    if cache is not None:
+        return cache(classes)
     classes = np.asarray(classes, dtype=np.int64)
     n = len(classes)
     if n == 0:
         raise ValueError("no factor classes to represent")
-    sizes = np.asarray(data.factor_sizes, dtype=np.int64)
     inverse = None
-    if dedupe and np.sum(np.log2(np.maximum(sizes, 1))) < 62:
-        keys = np.ravel_multi_index(tuple(classes.T), tuple(sizes))
+    if dedupe and _keyable(data.factor_sizes):
+        keys = np.ravel_multi_index(tuple(classes.T), tuple(data.factor_sizes))
         keys, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
         classes = classes[first]
-    out = []
-    for start in range(0, len(classes), chunk_size):
-        images = data.render(classes[start:start + chunk_size])
-        codes = to_numpy(represent(images))
-        out.append(codes.reshape(len(codes), -1))
-    codes = np.concatenate(out, axis=0)
+    codes = to_numpy(_represent_chunks(represent, data, classes, chunk_size))
     return codes if inverse is None else codes[inverse.reshape(-1)]
+
+
+#: the most codes a :class:`CodeCache` holds (README, "Performance"): dSprites' whole grid
+#: (737,280 images) fits, as a dense table of 29 MB for 10 float32 latents
+MAX_CACHED_CODES = 1 << 20
+
+
+class CodeCache:
+    """Codes of factor vectors, filled on demand: each image of the grid ``data.factor_sizes``
+    is rendered and represented at most once, however often the sampling scores draw it.
+
+    Keyed by the factor vector's flat index on the grid (C order). A grid of at most
+    ``max_codes`` cells is held as a dense table; on a larger grid the first ``max_codes``
+    distinct codes are kept and the rest represented on every call (memory stays bounded).
+    A grid too large for int64 keys is not cached at all. Exact when ``represent`` is a
+    deterministic function of one image (the posterior mean in eval mode): the codes equal
+    :func:`codes_for_classes`' bit for bit. Calls return float64 (n, latents) arrays;
+    ``represented`` counts the images represented so far.
+    """
+
+    def __init__(self, represent: Represent, data: FactorData, *, chunk_size: int = 4096,
+                 max_codes: int = MAX_CACHED_CODES) -> None:
+        self.represent, self.data, self.chunk_size = represent, data, int(chunk_size)
+        self.sizes = tuple(int(s) for s in data.factor_sizes)
+        self.max_codes = int(max_codes)
+        self.keyed = _keyable(list(self.sizes)) and self.max_codes > 0
+        self.dense = self.keyed and int(np.prod(self.sizes, dtype=object)) <= self.max_codes
+        self._table: np.ndarray | None = None  # dense: (cells, latents); else (held, latents)
+        self._filled = np.zeros(int(np.prod(self.sizes)), dtype=bool) if self.dense else None
+        self._keys = np.empty(0, dtype=np.int64)  # not dense: the held keys, sorted
+        self.represented = 0
+
+    @torch.no_grad()
+    def __call__(self, classes: np.ndarray) -> np.ndarray:
+        classes = np.asarray(classes, dtype=np.int64)
+        if len(classes) == 0:
+            raise ValueError("no factor classes to represent")
+        if not self.keyed:
+            self.represented += len(classes)
+            return codes_for_classes(self.represent, self.data, classes, chunk_size=self.chunk_size, dedupe=False)
+        keys, first, inverse = np.unique(np.ravel_multi_index(tuple(classes.T), self.sizes),
+                                         return_index=True, return_inverse=True)
+        if self.dense:
+            held = self._filled[keys]
+            pos = keys
+        else:
+            pos = np.minimum(np.searchsorted(self._keys, keys), max(len(self._keys) - 1, 0))
+            held = (self._keys[pos] == keys) if len(self._keys) else np.zeros(len(keys), dtype=bool)
+        todo = np.flatnonzero(~held)
+        new = _represent_chunks(self.represent, self.data, classes[first[todo]], self.chunk_size) \
+            if len(todo) else None
+        self.represented += len(todo)
+        if self._table is None:  # the first call: nothing held, so ``new`` has every code
+            assert new is not None
+            rows = len(self._filled) if self._filled is not None else 0
+            self._table = np.empty((rows, new.shape[1]), dtype=new.dtype)
+        codes = np.empty((len(keys), self._table.shape[1]), dtype=self._table.dtype)
+        if new is not None:
+            codes[todo] = new
+        codes[held] = self._table[pos[held]]
+        if new is not None:
+            self._store(keys[todo], codes[todo])
+        return codes.astype(np.float64)[inverse.reshape(-1)]
+
+    def _store(self, keys: np.ndarray, codes: np.ndarray) -> None:
+        assert self._table is not None
+        if self.dense:
+            self._table[keys] = codes
+            self._filled[keys] = True  # type: ignore[index]
+            return
+        room = self.max_codes - len(self._keys)
+        if room <= 0:
+            return
+        keys, codes = keys[:room], codes[:room]
+        all_keys = np.concatenate([self._keys, keys])
+        order = np.argsort(all_keys, kind="stable")
+        self._keys = all_keys[order]
+        self._table = np.concatenate([self._table, codes.astype(self._table.dtype)])[order]

@@ -12,13 +12,17 @@ Settings (the ``metrics:`` config group; :data:`DEFAULTS`, checked by :func:`res
 =============================  ==========  ================================================
 key                            default     meaning
 =============================  ==========  ================================================
+preset                         default     name of the settings (conf/metrics/<name>.yaml),
+                                           logged with the run's params
 enabled                        true        true (all), false (none) or a list of METRICS
-batch_size                     256         images per encoder / decoder call
+batch_size                     256         images per encoder / decoder call (on a CPU
+                                           at most 128: faster there)
 recon_points                   10000       test images for mse, psnr, active_units
 active_threshold               0.01        Burda et al. 2016
 iwae_points                    1000        test images for the IWAE bound
 iwae_k                         100         importance samples per image
-iwae_max_samples               4096        (sample, image) pairs per decoder call
+iwae_max_samples               4096        (sample, image) pairs per chunk of images
+                                           (one decoder call; on CPU calls of <= 256)
 tc_points                      2000        test images for total_correlation, mutual_info
 tc_estimator                   mss         mss (stratified) or mws (Chen et al. 2018)
 structure_source               sample      sample: fresh factor draws, rendered (as
@@ -40,6 +44,8 @@ betavae_num_train              10000
 betavae_num_eval               5000
 betavae_standardize            false       disentanglement_lib's raw features; true: z-scored
 knn_k                          5
+code_cache                     1048576     codes the sampling scores share (CodeCache), each
+                                           image represented once; 0: no cache
 =============================  ==========  ================================================
 """
 from __future__ import annotations
@@ -55,9 +61,9 @@ import torch
 
 from vaesweep.errors import ConfigError, number
 from vaesweep.likelihood.gaussian_optimal import fix_sigma_for_evaluation
-from vaesweep.metrics._arrays import codes_for_classes, to_numpy
+from vaesweep.metrics._arrays import MAX_CACHED_CODES, CodeCache, codes_for_classes, to_numpy
 from vaesweep.metrics.disentanglement import betavae_score, dci, factorvae_score, mig, sap
-from vaesweep.metrics.iwae import iwae_nll
+from vaesweep.metrics.iwae import CPU_PASS_PAIRS, iwae_nll
 from vaesweep.metrics.latent import active_units, aggregate_posterior_terms
 from vaesweep.metrics.probes import knn_acc, linear_probe_acc
 from vaesweep.metrics.rate_distortion import mse, psnr
@@ -71,6 +77,7 @@ FACTOR_METRICS = ("mig", "sap", "dci", "factorvae_score", "betavae_score")
 LABEL_METRICS = ("linear_probe_acc", "knn_acc")
 
 DEFAULTS: dict[str, Any] = {
+    "preset": "default",
     "enabled": True,
     "batch_size": 256,
     "recon_points": 10_000,
@@ -97,13 +104,14 @@ DEFAULTS: dict[str, Any] = {
     "betavae_num_eval": 5_000,
     "betavae_standardize": False,
     "knn_k": 5,
+    "code_cache": MAX_CACHED_CODES,
 }
 _CHOICES = {"tc_estimator": ("mss", "mws"), "structure_source": ("sample", "test"),
             "dci_estimator": ("binned", "sklearn")}
 _BOOLS = ("sap_standardize", "betavae_standardize")
 _FLOATS = {"active_threshold": (0.0, float("inf")), "factorvae_prune_threshold": (0.0, float("inf"))}
 _MINIMUM = {"factorvae_batch_size": 2, "betavae_batch_size": 1, "mig_bins": 2, "dci_max_bins": 2, "tc_points": 2,
-            "num_points": 2, "num_test_points": 1}
+            "num_points": 2, "num_test_points": 1, "code_cache": 0}
 # stream of each metric's random draws: default_rng([seed, stream])
 _STREAM = {name: i + 1 for i, name in enumerate(METRICS)}
 
@@ -129,6 +137,10 @@ def resolve_settings(cfg_metrics: Mapping[str, Any] | None) -> dict[str, Any]:
         s["enabled"] = names
     for key, value in s.items():
         if key == "enabled":
+            continue
+        if key == "preset":
+            if not isinstance(value, str) or not value:
+                raise ConfigError("metrics.preset", value, "a name (that of the metrics= settings)")
             continue
         if key in _CHOICES:
             if value not in _CHOICES[key]:
@@ -177,6 +189,18 @@ def _batched(fn: Callable[[torch.Tensor], Any], device: torch.device,
     return run
 
 
+#: images per encoder or decoder call on a CPU, at most: conv64's first activation is 128 KB
+#: an image, and a call of 256 (32 MB) crosses the size above which glibc (as
+#: train.tune_allocator sets it) maps fresh pages for each call and faults them in again:
+#: encoding ran about twice as fast in calls of 128 (benchmarks/RESULTS.md, issue 13). Codes
+#: do not depend on the call size.
+_CPU_CALL_IMAGES = 128
+
+
+def _call_size(batch_size: int, device: torch.device) -> int:
+    return batch_size if device.type != "cpu" else min(batch_size, _CPU_CALL_IMAGES)
+
+
 class _Timer:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
@@ -208,13 +232,14 @@ def evaluate_model(module: Any, imageset: Any, test_idx: Any, cfg_metrics: Mappi
         raise ValueError("evaluate_model: test_idx is empty")
     device = _device(module)
     bs = s["batch_size"]
+    calls = _call_size(bs, device)
     rngs = {name: np.random.default_rng([int(seed), stream]) for name, stream in _STREAM.items()}
     timer = _Timer()
 
     def encode_idx(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         mus, logvars = [], []
-        for i in range(0, len(idx), bs):
-            mu, logvar = module.encode(imageset.batch(idx[i:i + bs]).to(device))
+        for i in range(0, len(idx), calls):
+            mu, logvar = module.encode(imageset.batch(idx[i:i + calls]).to(device))
             mus.append(to_numpy(mu))
             logvars.append(to_numpy(logvar))
         return np.concatenate(mus), np.concatenate(logvars)
@@ -228,8 +253,8 @@ def evaluate_model(module: Any, imageset: Any, test_idx: Any, cfg_metrics: Mappi
             with timer("mse/psnr"):
                 idx = _choose(test_idx, s["recon_points"], rngs["mse"])
                 mses, psnrs = [], []
-                for i in range(0, len(idx), bs):
-                    x = imageset.batch(idx[i:i + bs]).to(device)
+                for i in range(0, len(idx), calls):
+                    x = imageset.batch(idx[i:i + calls]).to(device)
                     x_hat = module.reconstruct(x)
                     mses.append(mse(x_hat, x, reduction="none").cpu())
                     psnrs.append(psnr(x_hat, x, reduction="none").cpu())
@@ -255,12 +280,14 @@ def evaluate_model(module: Any, imageset: Any, test_idx: Any, cfg_metrics: Mappi
             with timer("iwae_nll"):
                 idx = _choose(test_idx, s["iwae_points"], rngs["iwae_nll"])
                 chunk = max(1, min(bs, s["iwae_max_samples"] // s["iwae_k"]))
+                # the chunk's seed fixes its samples; smaller decoder passes are faster on CPU
+                passes = s["iwae_max_samples"] if device.type != "cpu" else min(s["iwae_max_samples"], CPU_PASS_PAIRS)
                 values = []
                 for n_batch, i in enumerate(range(0, len(idx), chunk)):
                     x = imageset.batch(idx[i:i + chunk]).to(device)
                     values.append(iwae_nll(module.encode, module.log_likelihood, x, s["iwae_k"],
                                            seed=int(seed) * 100_003 + n_batch,
-                                           max_samples=s["iwae_max_samples"]).cpu())
+                                           max_samples=passes).cpu())
                 out["test/iwae_nll"] = float(torch.cat(values).mean())
         if getattr(imageset, "factors", None) is not None and enabled & set(FACTOR_METRICS):
             out.update(_structure(module, imageset, test_idx, s, enabled, rngs, int(seed), device, encode_idx, timer))
@@ -292,14 +319,18 @@ def _structure(module: Any, imageset: Any, test_idx: np.ndarray, s: dict[str, An
                rngs: dict[str, np.random.Generator], seed: int, device: torch.device,
                encode_idx: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], timer: _Timer) -> dict[str, float]:
     out: dict[str, float] = {}
-    represent = _batched(module.represent, device, s["batch_size"])
+    represent = _batched(module.represent, device, _call_size(s["batch_size"], device))
+    # the sampling scores draw dSprites' images about 2.9 million times for 737,280 distinct
+    # ones at disentanglement_lib's sizes: one cache, so each is encoded once across them all
+    cache = (CodeCache(represent, imageset, chunk_size=4 * s["batch_size"], max_codes=s["code_cache"])
+             if s["code_cache"] > 0 and getattr(imageset, "factor_sizes", None) is not None else None)
     n_train, n_test = s["num_points"], s["num_test_points"]
     if enabled & {"mig", "sap", "dci"}:
         with timer("codes for mig/sap/dci"):
             rng = rngs["mig"]
             if s["structure_source"] == "sample":
                 factors = np.asarray(imageset.sample_factors(n_train + n_test, rng), dtype=np.int64)
-                codes = codes_for_classes(represent, imageset, factors, chunk_size=4 * s["batch_size"])
+                codes = codes_for_classes(represent, imageset, factors, chunk_size=4 * s["batch_size"], cache=cache)
             else:
                 idx = rng.choice(test_idx, size=n_train + n_test, replace=len(test_idx) < n_train + n_test)
                 codes = encode_idx(idx)[0]
@@ -331,7 +362,9 @@ def _structure(module: Any, imageset: Any, test_idx: np.ndarray, s: dict[str, An
             try:
                 stream_seed = int(rngs[name].integers(2**31))
                 out[f"test/{name}"] = float(fn(represent, imageset, stream_seed,
-                                               chunk_size=4 * s["batch_size"], **kwargs))
+                                               chunk_size=4 * s["batch_size"], cache=cache, **kwargs))
             except NotImplementedError as err:  # a set that cannot render factor classes
                 log.warning("metrics: %s skipped: %s", name, err)
+    if cache is not None:
+        log.info("metrics: %d images encoded for the sampling scores (code cache)", cache.represented)
     return out

@@ -17,6 +17,13 @@ import torch
 Encode = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 LogLikelihood = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 _LOG_2PI = math.log(2.0 * math.pi)
+#: (sample, image) pairs per decoder pass on a CPU, at most. Smaller passes are faster there:
+#: conv64's largest activation is 128 KB a pair, so 256 pairs stay under the 32 MB above which
+#: glibc (as train.tune_allocator sets it) maps fresh pages for every pass and faults them in
+#: again, and nearer the caches (k = 100 on 40 images: 2.5-3x faster than one pass of 4,000
+#: pairs, and larger passes slower still; benchmarks/bench_iwae.py). evaluate_model passes it
+#: as ``max_samples`` on a CPU; GPUs take metrics.iwae_max_samples.
+CPU_PASS_PAIRS = 256
 
 
 @torch.no_grad()
@@ -26,7 +33,8 @@ def log_importance_weights(encode: Encode, log_likelihood: LogLikelihood, x: tor
 
     ``encode(x) -> (mu, logvar)``; ``log_likelihood(x, z) -> (B,)`` sums log p(x|z) over the
     elements of each example. Samples go through the decoder ``max_samples`` (sample, example)
-    pairs at a time, so memory stays bounded for any k.
+    pairs at a time, so memory stays bounded for any k; the samples and so the bound do not
+    depend on these passes.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")

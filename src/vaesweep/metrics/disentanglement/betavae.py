@@ -23,7 +23,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from vaesweep.metrics._arrays import FactorData, Represent, codes_for_classes
+from vaesweep.metrics._arrays import CodeCache, FactorData, Represent, codes_for_classes
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +41,17 @@ def _pair_batches(data: FactorData, num: int, batch_size: int,
 
 def betavae_score(represent: Represent, data: FactorData, seed: int, *, batch_size: int = 64,
                   num_train: int = 10_000, num_eval: int = 5_000, standardize: bool = False,
-                  chunk_size: int = 4096, dedupe: bool = True,
+                  chunk_size: int = 4096, dedupe: bool = True, cache: CodeCache | None = None,
                   details: bool = False) -> float | dict[str, float]:
-    """beta-VAE score (eval accuracy of the logistic regression), in [0, 1]; see the module."""
+    """beta-VAE score (eval accuracy of the logistic regression), in [0, 1]; see the module.
+    A ``cache`` (of ``represent`` on ``data``) serves codes already computed."""
     rng = np.random.default_rng(seed)
     num_factors = len(data.factor_sizes)
     train = _pair_batches(data, num_train, batch_size, rng)
     evals = _pair_batches(data, num_eval, batch_size, rng)
     classes = np.concatenate([train[1], train[2], evals[1], evals[2]]).reshape(-1, num_factors)
-    codes = codes_for_classes(represent, data, classes, chunk_size=chunk_size, dedupe=dedupe)
+    codes = codes_for_classes(represent, data, classes, chunk_size=chunk_size, dedupe=dedupe,
+                              cache=cache)
     codes = codes.reshape(2 * (num_train + num_eval), batch_size, -1)
     t1, t2 = codes[:num_train], codes[num_train:2 * num_train]
     e1, e2 = codes[2 * num_train:2 * num_train + num_eval], codes[2 * num_train + num_eval:]

@@ -17,7 +17,7 @@ import logging
 
 import numpy as np
 
-from vaesweep.metrics._arrays import FactorData, Represent, codes_for_classes
+from vaesweep.metrics._arrays import CodeCache, FactorData, Represent, codes_for_classes
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +49,15 @@ def factorvae_votes(codes: np.ndarray, index: np.ndarray, global_var: np.ndarray
 def factorvae_score(represent: Represent, data: FactorData, seed: int, *, batch_size: int = 64,
                     num_train: int = 10_000, num_eval: int = 5_000, num_variance_estimate: int = 10_000,
                     prune_threshold: float = 0.05, chunk_size: int = 4096, dedupe: bool = True,
+                    cache: CodeCache | None = None,
                     details: bool = False) -> float | dict[str, float]:
     """FactorVAE score (eval accuracy of the majority-vote classifier), in [0, 1].
 
     ``represent`` maps an image batch (n, C, H, W) to codes (n, latents), numpy or torch;
     ``data`` has ``factor_sizes``, ``sample_factors(n, rng)`` and ``render(classes)``. Seeded
-    by ``seed`` alone. ``details=True`` returns a dict with train/eval accuracy and the number
-    of kept latents.
+    by ``seed`` alone. A ``cache`` (a :class:`CodeCache` of ``represent`` on ``data``) serves
+    codes already computed, e.g. by another score. ``details=True`` returns a dict with
+    train/eval accuracy and the number of kept latents.
     """
     if batch_size < 2:
         raise ValueError(f"batch_size must be >= 2 (a variance), got {batch_size}")
@@ -66,7 +68,8 @@ def factorvae_score(represent: Represent, data: FactorData, seed: int, *, batch_
     eval_index, eval_classes = _fixed_factor_batches(data, num_eval, batch_size, rng)
     all_classes = np.concatenate([var_classes, train_classes.reshape(-1, num_factors),
                                   eval_classes.reshape(-1, num_factors)])
-    codes = codes_for_classes(represent, data, all_classes, chunk_size=chunk_size, dedupe=dedupe)
+    codes = codes_for_classes(represent, data, all_classes, chunk_size=chunk_size, dedupe=dedupe,
+                              cache=cache)
     num_latents = codes.shape[1]
     var_codes = codes[:num_variance_estimate]
     train_codes = codes[num_variance_estimate:num_variance_estimate + num_train * batch_size]
