@@ -132,6 +132,7 @@ def test_results_are_cited_only_where_they_apply(tmp_path):
         "latent_dim": [2, 2, 2, 2, 2], "beta_eff": [0.5, 0.5, 392.0, 0.5, 0.6],
         "active_units": [2, 2, 0, 2, 0], "distortion": [140.0, 142.0, 206.0, 1.0, 1.0],
         "rate": [7.0, 7.5, 0.0, 1.0, 1.0], "converged": [True, False, True, True, True],
+        "schedule_unfinished": [None, None, "linear at 10 %", None, None],
     }).to_csv(results / "keras" / "runs.csv", index=False)
     text = "\n".join(convert((1, 28, 28), 2, "mean", "mean", 784, 1, results))
     assert "keras (mnist_5k, bernoulli): at beta_eff = 0.5, 2 run(s): active units 2 of 2, " \
@@ -139,6 +140,7 @@ def test_results_are_cited_only_where_they_apply(tmp_path):
     assert "392" not in text.split("measured")[1]  # not near 0.5; the FAILED run is not cited
     text = "\n".join(convert((1, 28, 28), 2, "mean", "mean", 1, 1, results))
     assert "at beta_eff = 392, 1 run(s): active units 0 of 2, collapsed in 1" in text
+    assert "1 of 1 converged; 1 schedule(s) unfinished" in text
     assert "no committed study" in "\n".join(convert((1, 28, 28), 3, "mean", "mean", 1, 1, results))
 
 

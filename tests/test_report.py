@@ -259,6 +259,13 @@ def test_unfinished_schedules_are_flagged_and_left_out_of_the_ordering():
     # with its schedule finished, the same numbers break the ordering
     del runs[1].data.tags["vaesweep.schedule_unfinished"]
     assert len(analysis.ordering_breaks(runs_frame(runs))) == 1
+    # a run made before the tag existed: its final logged weight below the configured one
+    runs[1].data.metrics["test/beta_eff"] *= 0.25
+    df = runs_frame(runs)
+    assert df.loc[1, "schedule_unfinished"] == ("its linear schedule ended at beta_eff 10.24, "
+                                                "25 % of the configured 40.96")
+    assert df.loc[[0, 2], "schedule_unfinished"].isna().all()
+    assert "Schedules that finished: 2 of 3 runs" in answer(df).markdown()
 
 
 def test_non_converged_runs_and_a_pair_that_breaks_the_ordering():

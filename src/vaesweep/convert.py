@@ -192,6 +192,8 @@ def measured(results: Path, n: int, m: int, beta_eff: float) -> list[str]:
             if "converged" in g and g["converged"].notna().any():
                 n_conv = int((g["converged"] == True).sum())  # noqa: E712 (a column of objects)
                 conv = f"; {n_conv} of {len(g)} converged"
+            if "schedule_unfinished" in g and g["schedule_unfinished"].notna().any():
+                conv += f"; {int(g['schedule_unfinished'].notna().sum())} schedule(s) unfinished"
             heads = ", ".join(sorted(map(str, g["head"].unique()))) if "head" in g else "?"
             lines.append(f"{study} ({data}, {heads}): at beta_eff = {w:.4g}, {len(g)} run(s): "
                          f"active units {_span(g['active_units'])} of {m}, collapsed in {dead}, "

@@ -19,7 +19,8 @@ the notebook use:
                     train) for controllers and capacity; ``beta_eff_logged`` the logged one
 ``n_elements``      N = C·H·W, from the run's ``vaesweep.data_shape`` tag; ``data``: data.name
 ``elbo_beta_norm``  M/N: the beta_norm at which beta_eff = 1 (the ELBO), from the config
-``schedule_unfinished``  the ``vaesweep.schedule_unfinished`` tag (None: finished or none)
+``schedule_unfinished``  why the run's schedule did not finish: the ``vaesweep.schedule_unfinished``
+                    tag, else a final logged beta_eff below the config's (None: finished or none)
 ``distortion``      ``test/distortion`` (else ``val/distortion``), nats per example
 ``rate``            ``test/rate`` (else ``val/rate``), nats per example
 ``active_units``    ``test/active_units`` (else ``val/active_units``)
@@ -229,6 +230,21 @@ def _config_beta_eff(params: Mapping[str, Any], weighting: Any, n: int | None,
     return beta_eff_from(float(weight), str(reduction), n, m, weighting == "beta_norm")
 
 
+def _unfinished(tags: Mapping[str, str], params: Mapping[str, Any], beta_eff: float | None,
+                logged: float) -> str | None:
+    """Why a run's schedule did not finish: the ``vaesweep.schedule_unfinished`` tag, else
+    (runs made before that tag existed) a final logged weight below the configured one by
+    more than 0.1 %; None when it finished or has no schedule."""
+    if tags.get(TAG_SCHEDULE_UNFINISHED):
+        return str(tags[TAG_SCHEDULE_UNFINISHED])
+    schedule = params.get("kl.schedule.name")
+    if (schedule in (None, "constant") or beta_eff is None or not beta_eff > 0
+            or not math.isfinite(logged) or logged >= beta_eff * (1 - 1e-3)):
+        return None
+    return (f"its {schedule} schedule ended at beta_eff {logged:.4g}, {100 * logged / beta_eff:.2g} % "
+            f"of the configured {beta_eff:.4g}")
+
+
 def run_row(run: Any) -> dict[str, Any]:
     """One MLflow run as a flat dict: params, final metrics, tags we rely on, derived values."""
     params = {k: parse_value(v) for k, v in run.data.params.items()}
@@ -270,7 +286,7 @@ def run_row(run: Any) -> dict[str, Any]:
         "n_elements": n_elements,
         "elbo_beta_norm": m / n_elements if m and n_elements else float("nan"),
         "data": params.get("data.name"),
-        "schedule_unfinished": tags.get(TAG_SCHEDULE_UNFINISHED) or None,
+        "schedule_unfinished": _unfinished(tags, params, beta_eff, logged_beta_eff),
         "distortion": _first(metrics, ("test/distortion", "val/distortion")),
         "rate": _first(metrics, ("test/rate", "val/rate")),
         "active_units": _first(metrics, ("test/active_units", "val/active_units")),
