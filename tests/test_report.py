@@ -54,7 +54,8 @@ def fake_run(i: int, *, head="bernoulli", reduction="mean", beta_norm=None, beta
                              start_time=1_700_000_000_000 + i),
         data=SimpleNamespace(params=params, metrics=metrics,
                              tags={"vaesweep.trial": str(i), "vaesweep.overrides": overrides,
-                                   "mlflow.parentRunId": "parent", **(tags or {})}))
+                                   "mlflow.parentRunId": "parent",
+                                   "vaesweep.data_shape": "1,64,64", **(tags or {})}))
 
 
 def beta_norm_sweep(seeds=(0, 1), heads=("bernoulli",), reductions=("sum", "mean")):
@@ -186,7 +187,10 @@ def test_answer_is_computed_from_the_numbers():
         assert a.facts["collapse"][head] == 8  # beta_norm 3 and 10, both seeds and reductions
         assert a.facts["tradeoff"][head]["rho_distortion"] > 0.9
         assert a.facts["tradeoff"][head]["rho_rate"] < -0.9
-    assert "posterior collapse (no active unit) in 8 of 20 runs, at beta_norm 3–10" in text
+    # weight by weight with counts, never a range of weights (DESIGN §7)
+    assert ("posterior collapse (no active unit) in 8 of 20 runs, weight by weight: "
+            "beta_norm 3 (4 of 4 runs), beta_norm 10 (4 of 4 runs)") in text
+    assert "beta_norm 3–10" not in text
     assert a.facts["pairs"] == a.facts["pairs_agree"] == 20
     assert "all land on the same point" in text
     assert a.facts["structure"]["metric"] == "test/mig" and a.facts["structure"]["beta_norm"] == 10
@@ -205,6 +209,191 @@ def test_answer_says_so_when_a_sweep_has_no_runs_or_no_pairs():
     text = answer(beta_norm_sweep(reductions=("sum",)),
                   pairs=analysis.reduction_pairs(beta_norm_sweep(reductions=("sum",)))).markdown()
     assert "No sum/mean pairs" in text
+
+
+# -- the answer's rules (DESIGN §7) on crafted sweeps ----------------------------------------------
+def elbo_history(runs, curves):
+    """val/elbo histories: ``curves[i]`` is a list of (step, value) for ``runs[i]``."""
+    rows = [(r.info.run_id, "val/elbo", step, v) for r, curve in zip(runs, curves) for step, v in curve]
+    return pd.DataFrame(rows, columns=["run_id", "key", "step", "value"])
+
+
+def test_the_elbo_weight_comes_from_the_config_not_the_logged_weight():
+    # a linear warm-up that ended at 30 % of its weight: the logged beta_eff is 0.3x the config's
+    runs = [fake_run(i, beta_norm=b, schedule="linear", d=90 + i, r=10 - i,
+                     tags={"vaesweep.schedule_unfinished": "linear warm-up at 30 % of its weight"})
+            for i, b in enumerate((0.001, 0.01, 0.1))]
+    for r in runs:
+        r.data.metrics["test/beta_eff"] *= 0.3
+    df = runs_frame(runs)
+    assert analysis.elbo_weight(df) == pytest.approx(10 / 4096)  # M/N, not 0.3·M/N
+    assert df["beta_eff"].tolist() == pytest.approx([0.4096, 4.096, 40.96])  # the config's
+    assert df["beta_eff_logged"].tolist() == pytest.approx([0.3 * 0.4096, 0.3 * 4.096, 0.3 * 40.96])
+    text = answer(df).markdown()
+    assert "beta_norm = M/N = 0.00244" in text and "M = 10 latents, N = 4096 elements" in text
+    assert "1 run(s) train below it, 0 at it, 2 above it" in text
+    # without the data shape the weight is not guessed from logged values
+    for r in runs:
+        del r.data.tags["vaesweep.data_shape"]
+    df = runs_frame(runs)
+    assert analysis.elbo_weight(df) is None
+    assert "cannot be placed" in answer(df).markdown()
+
+
+def test_unfinished_schedules_are_flagged_and_left_out_of_the_ordering():
+    runs = [fake_run(0, beta_norm=0.01, schedule="linear", d=60, r=20),
+            fake_run(1, beta_norm=0.1, schedule="linear", d=40, r=30,  # "better" only because
+                     tags={"vaesweep.schedule_unfinished": "linear warm-up at 10 % of its weight"}),
+            fake_run(2, beta_norm=1.0, schedule="linear", d=80, r=10)]
+    df = runs_frame(runs)
+    a = answer(df)
+    text = a.markdown()
+    assert a.facts["schedule_unfinished"] == [runs[1].info.run_id]
+    assert "Schedules that finished: 2 of 3 runs" in text
+    assert "not finished: bernoulli mean beta_norm=0.1" in text and "at 10 % of its weight" in text
+    # run 1 would break the ordering against run 0 (lower D and higher R at a higher weight),
+    # but it never trained at its weight: it is not compared, and statements about it are
+    # provisional
+    assert a.facts["ordering_breaks"] == 0 and analysis.ordering_breaks(df).empty
+    assert "provisional" in text
+    # with its schedule finished, the same numbers break the ordering
+    del runs[1].data.tags["vaesweep.schedule_unfinished"]
+    assert len(analysis.ordering_breaks(runs_frame(runs))) == 1
+    # a run made before the tag existed: its final logged weight below the configured one
+    runs[1].data.metrics["test/beta_eff"] *= 0.25
+    df = runs_frame(runs)
+    assert df.loc[1, "schedule_unfinished"] == ("its linear schedule ended at beta_eff 10.24, "
+                                                "25 % of the configured 40.96")
+    assert df.loc[[0, 2], "schedule_unfinished"].isna().all()
+    assert "Schedules that finished: 2 of 3 runs" in answer(df).markdown()
+
+
+def test_non_converged_runs_and_a_pair_that_breaks_the_ordering():
+    # the quick study's committed result: beta_eff 0.041 (D 101, R 43.6) and 0.41 (D 55, R 18)
+    runs = [fake_run(0, beta_norm=0.0001, d=101.0, r=43.6),
+            fake_run(1, beta_norm=0.001, d=55.0, r=18.0),
+            fake_run(2, beta_norm=0.01, d=70.0, r=9.0),
+            fake_run(3, beta_norm=0.1, d=120.0, r=2.0)]
+    flat = [(100, -150.0), (400, -146.0), (500, -145.5), (650, -145.2)]      # 0.2 % in the window
+    moving = [(100, -300.0), (400, -200.0), (500, -160.0), (650, -144.6)]   # 10 % in the window
+    hist = elbo_history(runs, [flat, flat, moving, [(650, -122.0)]])
+    df = analysis.with_convergence(runs_frame(runs), hist)
+    assert df["converged"].tolist() == [True, True, False, None]
+    # from the last validation before 80 % of 650 steps (step 500) to the end
+    assert df.loc[2, "elbo_change"] == pytest.approx((160.0 - 144.6) / 144.6)
+    a = answer(df)
+    text = a.markdown()
+    assert a.facts["not_converged"] == [runs[2].info.run_id] and a.facts["converged"] == 2
+    assert "2 of 4 runs converged; still moving: bernoulli mean beta_norm=0.01 seed 0 trial 2 (11 %)" in text
+    assert "1 run(s) have too few validations to tell" in text
+    # among the runs not flagged, 0.0001 and 0.001 break the order: D fell by 46 nats as the
+    # weight rose tenfold (the non-converged run at 0.01 is not compared)
+    breaks = analysis.ordering_breaks(df)
+    assert len(breaks) == 1 and a.facts["ordering_breaks"] == 1
+    b = breaks.iloc[0]
+    assert (b["run_low"], b["run_high"]) == (runs[0].info.run_id, runs[1].info.run_id)
+    assert b["broken"] == "distortion" and b["gap_distortion"] == pytest.approx(46.0)
+    assert "D/R ordering: 1 pair(s) of runs break it beyond seed noise" in text
+    assert "cannot say how D and R change with the weight between beta_eff 0.041 and 0.41" in text
+    # the statements that use flagged runs say so
+    assert "the rate–distortion Pareto front" in text and "(provisional:" in text
+    # converged runs in the right order: no break, and the answer says the order holds
+    good = runs_frame([fake_run(i, beta_norm=b, d=50 + 10 * i, r=30 - 5 * i)
+                       for i, b in enumerate((0.001, 0.01, 0.1))])
+    assert analysis.ordering_breaks(good).empty
+    assert "no pair of comparable runs has the distortion fall" in answer(good).markdown()
+
+
+def test_breaks_within_seed_noise_are_not_breaks():
+    # two seeds per weight with a spread of 3 nats: a 2-nat dip in D is noise, a 30-nat one is not
+    runs = [fake_run(0, beta_norm=0.01, seed=0, d=60.0, r=20), fake_run(1, beta_norm=0.01, seed=1, d=64.0, r=20),
+            fake_run(2, beta_norm=0.1, seed=0, d=60.0, r=15), fake_run(3, beta_norm=0.1, seed=1, d=64.0, r=15),
+            fake_run(4, beta_norm=1.0, seed=0, d=58.0, r=10), fake_run(5, beta_norm=1.0, seed=1, d=62.0, r=10)]
+    noise = analysis.seed_noise(runs_frame(runs))
+    assert noise.std_distortion == pytest.approx(np.std([60, 64], ddof=1)) and noise.settings == 3
+    assert analysis.ordering_breaks(runs_frame(runs)).empty
+    # compared as means over seeds (0.01: 62, 0.1: 62, 1: 60): a 2-nat dip is within the noise
+    runs[4].data.metrics["test/distortion"] = 30.0  # 1.0 now averages 46: 16 nats below
+    breaks = analysis.ordering_breaks(runs_frame(runs))
+    assert breaks["beta_eff_low"].tolist() == pytest.approx([0.01 * N_OVER_M, 0.1 * N_OVER_M])
+    assert (breaks["broken"] == "distortion").all()
+    assert breaks["runs_high"].iloc[0] == [runs[4].info.run_id, runs[5].info.run_id]
+
+
+def test_collapsed_duplicates_are_one_point_and_collapse_is_listed_run_by_run():
+    # as in the quick study: four weights end on the mean image (D ≈ 277.6, R ≈ 0, no active
+    # unit) and two use their latents
+    runs = [fake_run(0, beta_norm=0.0001, d=101.2, r=43.6, au=6),
+            fake_run(1, beta_norm=0.001, d=55.0, r=18.0, au=4),
+            *(fake_run(i, beta_norm=b, d=d, r=r, au=0) for i, b, d, r in (
+                (2, 0.00316, 277.62, 3.5e-5), (3, 0.01, 277.60, 3.6e-5),
+                (4, 0.0316, 277.63, 3.4e-5), (5, 0.1, 277.61, 3.7e-5)))]
+    df = runs_frame(runs)
+    exact = analysis.pareto_mask(df["distortion"], df["rate"])
+    assert exact.tolist() == [False, True, True, True, True, False]  # by hundredths of a nat
+    # within seed noise (here the default tolerance: one seed) the four collapsed runs are one point
+    assert df["pareto"].tolist() == [False, True, True, True, True, True]
+    assert df["pareto_point"].tolist()[1:] == [0, 1, 1, 1, 1]
+    a = answer(df)
+    text = a.markdown()
+    assert a.facts["pareto_points"]["bernoulli"] == [[0.001], [0.00316, 0.01, 0.0316, 0.1]]
+    assert "as 2 distinct point(s)" in text
+    assert "beta_norm 0.00316, 0.01, 0.0316, 0.1 (D 277.6, R 3.4e-05–3.7e-05, 4 runs)" in text
+    assert a.facts["collapse_runs"]["bernoulli"] == [r.info.run_id for r in runs[2:]]
+    assert ("posterior collapse (no active unit) in 4 of 6 runs, weight by weight: beta_norm "
+            "0.00316 (1 of 1 run), beta_norm 0.01 (1 of 1 run), beta_norm 0.0316 (1 of 1 run), "
+            "beta_norm 0.1 (1 of 1 run)") in text
+    assert "0.00316–0.1" not in text.split("posterior collapse")[1]
+    # a weight where only one of two seeds collapsed says so
+    runs.append(fake_run(6, beta_norm=0.01, seed=1, d=80.0, r=6.0, au=2))
+    assert "beta_norm 0.01 (1 of 2 runs)" in answer(runs_frame(runs)).markdown()
+
+
+def test_pareto_with_noise_keeps_near_ties_together():
+    noise = analysis.Noise(std_distortion=1.0, std_rate=0.5, settings=2)
+    d, r = [100.0, 101.0, 90.0, 200.0], [10.0, 9.8, 30.0, 10.5]
+    # 0 and 1 are one point; 3 is beaten beyond the noise by both; 2 is another trade-off
+    assert analysis.pareto_mask(d, r, noise).tolist() == [True, True, True, False]
+    assert analysis.pareto_mask(d, r).tolist() == [True, True, True, False]
+    assert analysis.pareto_mask([100.0, 101.0], [10.0, 9.8]).tolist() == [True, True]
+    assert analysis.pareto_mask([100.0, 100.5], [10.0, 10.2]).tolist() == [True, False]
+    assert analysis.pareto_mask([100.0, 100.5], [10.0, 10.2], noise).tolist() == [True, True]
+    assert analysis.same_point_groups([100.0, 100.5, 120.0], [10.0, 10.2, 1.0], noise).tolist() == [0, 0, 1]
+
+
+def test_where_structure_peaks_and_what_happens_either_side():
+    runs, i = [], 0
+    for b, acc in ((0.0001, 0.80), (0.001, 0.86), (0.01, 0.90), (0.1, 0.70), (1.0, 0.11)):
+        for s in (0, 1, 2):
+            run = fake_run(i, beta_norm=b, seed=s, d=50 + 20 * np.log10(b) + s, r=max(0.0, 10 - 3 * np.log10(b)))
+            run.data.metrics["test/linear_probe_acc"] = acc + 0.005 * s
+            run.data.metrics["test/knn_acc"] = acc - 0.1 + 0.005 * s
+            runs.append(run)
+            i += 1
+    df = runs_frame(runs)
+    peaks = analysis.structure_peaks(df)
+    assert set(peaks["metric"]) == {"test/linear_probe_acc", "test/knn_acc"}
+    probe = peaks[peaks["metric"] == "test/linear_probe_acc"].iloc[0]
+    assert probe["peak"] == 0.01 and probe["beta_eff"] == pytest.approx(0.01 * N_OVER_M)
+    assert probe["edge"] is None and probe["within_noise"] == []
+    text = answer(df).markdown()
+    assert ("`bernoulli`: linear_probe_acc peaks at beta_norm = 0.01 (beta_eff = 4.1): 0.905 "
+            "(mean of 3 runs); below it, 0.805 at beta_norm = 0.0001; above it, 0.115 at "
+            "beta_norm = 1") in text
+    # a peak at the end of the range is not called a peak inside it
+    edge = runs_frame([r for r in runs if float(r.data.params["kl.beta_norm"]) >= 0.01])
+    assert "peaks at the lowest weight searched, beta_norm = 0.01" in answer(edge).markdown()
+    assert "the peak may lie below the range" in answer(edge).markdown()
+
+
+def test_analysis_does_not_import_data():
+    """report.data imports report.analysis; the reverse would be an import cycle."""
+    import ast
+    import vaesweep.report.analysis as mod
+    tree = ast.parse(open(mod.__file__).read())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not any(m and m.startswith("vaesweep.report") for m in imported), imported
 
 
 # -- figures -------------------------------------------------------------------------------------
@@ -312,13 +501,24 @@ def test_report_command_on_the_quick_study(tiny_sweeps, tmp_path):
     d = [c.data.metrics["test/distortion"] for c in children]
     r = [c.data.metrics["test/rate"] for c in children]
     bn = np.array([float(c.data.params["kl.beta_norm"]) for c in children])
-    front = bn[analysis.pareto_mask(d, r)]
+    # the front within seed noise: one seed per setting here, so the default tolerance
+    front = bn[analysis.pareto_mask(d, r, analysis.Noise())]
     lo, hi = front.min(), front.max()
     span = f"{lo:.3g}" if lo == hi else f"{lo:.3g}–{hi:.3g}"
     answer_md = (out / "answer.md").read_text()
     assert f"Pareto front holds {len(front)} of 4 runs, beta_norm {span}" in answer_md
     assert "Optuna study `quick`" in answer_md and "4 trials (4 COMPLETE)" in answer_md
     assert answer_md in (out / "report.md").read_text()
+    # the ELBO's weight from the config: N from the tag every run records, M = 10 latents
+    assert all(c.data.tags["vaesweep.data_shape"] == "1,64,64" for c in children)
+    assert "beta_norm = M/N = 0.00244" in answer_md and "Convergence (validation ELBO" in answer_md
+    table = pd.read_csv(out / "runs.csv")
+    assert sorted(table["run_id"]) == sorted(c.info.run_id for c in children)
+    assert (table["n_elements"] == 4096).all() and (table["latent_dim"] == 10).all()
+    assert table["distortion"].tolist() == pytest.approx(
+        [next(c.data.metrics["test/distortion"] for c in children if c.info.run_id == rid)
+         for rid in table["run_id"]])
+    assert "converged" in table and "elbo_change" in table
     # and the report is on the parent run
     from mlflow.tracking import MlflowClient
     client = MlflowClient(tracking_uri=tiny_sweeps.uri)

@@ -1,5 +1,5 @@
 """Entry points: ``vaesweep`` (a Hydra app: one run, or ``-m`` for a sweep) and its
-subcommands ``best``, ``reproduce`` and ``report``."""
+subcommands ``best``, ``reproduce``, ``report`` and ``convert``."""
 from __future__ import annotations
 
 import importlib.resources
@@ -89,6 +89,7 @@ SUBCOMMANDS: dict[str, str] = {
     "best": "vaesweep.sweep.best:best_main",
     "reproduce": "vaesweep.sweep.best:reproduce_main",
     "report": "vaesweep.report.cli:report_main",
+    "convert": "vaesweep.convert:convert_main",
 }
 
 

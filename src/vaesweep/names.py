@@ -1,4 +1,4 @@
-"""The metric names of DESIGN §4 that objectives, reports and notebooks rely on."""
+"""The metric names of DESIGN §4 and the tags that objectives, reports and notebooks rely on."""
 from __future__ import annotations
 
 import re
@@ -21,3 +21,7 @@ _KL_DIM = re.compile(r"^val/kl_dim_\d+$")
 
 def is_metric_name(name: str) -> bool:
     return name in METRIC_NAMES or bool(_KL_DIM.match(name))
+
+
+#: tag of a run that ended before its KL schedule did (its value says where the schedule stood)
+TAG_SCHEDULE_UNFINISHED = "vaesweep.schedule_unfinished"

@@ -24,8 +24,8 @@ from vaesweep.kl.weighting import TAG_UNFINISHED
 from vaesweep.likelihood.gaussian_optimal import fix_sigma_for_evaluation
 from vaesweep.module import OPTIMIZERS, VAEModule
 from vaesweep.names import METRIC_NAMES, is_metric_name
-from vaesweep.tracking import (TAG_COMMIT, TAG_PARENT, TAG_SWEEP, TAG_TRIAL, TrackedRun,
-                               flatten, git_commit)
+from vaesweep.tracking import (TAG_COMMIT, TAG_DATA_SHAPE, TAG_PARENT, TAG_SWEEP, TAG_TRIAL,
+                               TrackedRun, flatten, git_commit)
 from vaesweep.tracking.run import check_store
 from vaesweep.tracking.plots import kl_per_dim_figure, reconstructions_figure, traversals_figure
 
@@ -557,7 +557,8 @@ def run_job(cfg: DictConfig | Mapping[str, Any], tags: Mapping[str, str] | None 
         run_id = run_id or _continued_run(c["tracking"]["uri"], ckpt_path)
 
     study = dict(c.get("study") or {})
-    tags = {TAG_COMMIT: git_commit(), **job_tags(study), **(tags or {})}
+    tags = {TAG_COMMIT: git_commit(), TAG_DATA_SHAPE: ",".join(map(str, dm.imageset.shape)),
+            **job_tags(study), **(tags or {})}
     callbacks: list[Callback] = list(extra_callbacks)
     trial = None
     if study.get("trial") is not None:

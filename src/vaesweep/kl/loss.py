@@ -29,6 +29,32 @@ def beta_eff_from(weight: float, reduction: str, n_elements: int, n_latents: int
     return weight
 
 
+def loss_beta_eff(n_elements: int, n_latents: int, rec: str, kl: str,
+                  rec_weight: float = 1.0, kl_weight: float = 1.0) -> float:
+    """beta_eff of a loss written ``A·rec_red + B·kl_red`` (``vaesweep convert``).
+
+    ``rec_red`` is D summed (``rec="sum"``) or averaged (``"mean"``) over the N elements of an
+    example, ``kl_red`` is R summed or averaged over the M latents. Then
+    ``A·D/rec_div + B·R/kl_div = (A/rec_div)·(D + beta_eff·R)`` with
+    ``beta_eff = (B/kl_div) / (A/rec_div)``, rec_div = N for a mean and 1 for a sum, kl_div =
+    M for a mean and 1 for a sum. The batch reduction scales both terms alike and drops out.
+    Raises ValueError for an unknown reduction or a non-positive ``rec_weight``.
+    """
+    for name, red in (("rec", rec), ("kl", kl)):
+        if red not in REDUCTIONS:
+            raise ValueError(f"{name} reduction must be one of {REDUCTIONS}, got {red!r}")
+    if not rec_weight > 0:
+        raise ValueError(f"rec_weight must be positive, got {rec_weight!r}")
+    rec_div = n_elements if rec == "mean" else 1
+    kl_div = n_latents if kl == "mean" else 1
+    return (kl_weight / kl_div) / (rec_weight / rec_div)
+
+
+def beta_norm_of(beta_eff: float, n_elements: int, n_latents: int) -> float:
+    """beta_norm = beta_eff·M/N (Higgins et al. 2017, App. A.6); beta_eff = 1 is M/N."""
+    return beta_eff * n_latents / n_elements
+
+
 def gradient_scale(reduction: str, n_elements: int) -> float:
     """The constant factor in front of the loss: 1 for ``sum``, 1/N for ``mean``."""
     return 1.0 / n_elements if reduction == "mean" else 1.0

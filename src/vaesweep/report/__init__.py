@@ -24,8 +24,9 @@ __all__ = ["SweepData", "load_sweep", "make_report", "write_report", "log_report
 
 
 def write_report(report: Any, out: str | Path) -> dict[str, Path]:
-    """Write ``report.html``, ``report.md``, ``answer.md`` and every figure as ``NAME.png``
-    (the main one: ``rate_distortion.png``) into ``out``; returns the paths by name."""
+    """Write ``report.html``, ``report.md``, ``answer.md``, ``runs.csv`` (one row per run:
+    weights, D, R, active units, convergence) and every figure as ``NAME.png`` (the main one:
+    ``rate_distortion.png``) into ``out``; returns the paths by name."""
     from vaesweep.report.html import render_html
     from vaesweep.report.markdown import render_markdown
 
@@ -42,6 +43,11 @@ def write_report(report: Any, out: str | Path) -> dict[str, Path]:
     paths["report.md"].write_text(render_markdown(report), encoding="utf-8")
     paths["answer.md"] = out / "answer.md"
     paths["answer.md"].write_text(report.answer.markdown(), encoding="utf-8")
+    if getattr(report, "runs", None) is not None and len(report.runs):
+        from vaesweep.report.analysis import results_table
+        # the numbers behind the answer, one row per run: what `vaesweep convert` cites
+        paths["runs.csv"] = out / "runs.csv"
+        results_table(report.runs).to_csv(paths["runs.csv"], index=False)
     return paths
 
 

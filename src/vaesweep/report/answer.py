@@ -1,6 +1,14 @@
 """The report's "answer": short statements computed from a sweep's numbers, never written by
 hand. Each statement is a markdown bullet; the numbers behind them are in ``facts`` so tests
-(and users) can read them without parsing text."""
+(and users) can read them without parsing text.
+
+The rules that keep it from saying false things (DESIGN §7): the ELBO's weight (beta_eff = 1,
+beta_norm = M/N) comes from the config, never from logged weights; runs whose validation ELBO
+still moves, pairs that break the D/R ordering beyond seed noise and schedules that did not
+finish are flagged, and statements involving them are marked provisional; the Pareto front
+counts runs within seed noise of each other as one point; collapse is listed weight by weight
+with its count of runs, never as a range of weights.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -9,9 +17,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from vaesweep.report.analysis import (D_TOL_ABS, D_TOL_REL, R_TOL_ABS, R_TOL_REL, elbo_weight,
-                                      over_seeds, seed_spread)
-from vaesweep.report.data import StudyInfo, complete_runs, structure_metric, weight_column
+from vaesweep.report.analysis import (CONVERGED_RTOL, CONVERGED_WINDOW, D_TOL_ABS, D_TOL_REL,
+                                      R_TOL_ABS, R_TOL_REL, complete_runs, elbo_weight,
+                                      ordering_breaks, over_seeds, run_label,
+                                      seed_noise, seed_spread, structure_metric,
+                                      structure_peaks, weight_column)
+from vaesweep.report.data import StudyInfo
 
 
 @dataclass
@@ -44,9 +55,9 @@ def _spearman(x: pd.Series, y: pd.Series) -> float:
     return float(spearmanr(x[ok], y[ok]).statistic)
 
 
-def _range(values: pd.Series) -> str:
-    lo, hi = float(values.min()), float(values.max())
-    return _g(lo) if lo == hi else f"{_g(lo)}–{_g(hi)}"
+def _range(values: pd.Series, digits: int = 3) -> str:
+    lo, hi = _g(float(values.min()), digits), _g(float(values.max()), digits)
+    return lo if lo == hi else f"{lo}–{hi}"
 
 
 def answer(df: pd.DataFrame, *, sweep: str | None = None, study: StudyInfo | None = None,
@@ -67,15 +78,14 @@ def answer(df: pd.DataFrame, *, sweep: str | None = None, study: StudyInfo | Non
         return a
     w = weight_column(df)
     a.facts["weight"] = w
-    ref = elbo_weight(c) if w == "beta_norm" else None
-    if ref is not None:
-        a.facts["elbo_beta_norm"] = ref
-        a.lines.append(f"beta_eff = 1, the plain ELBO's weight, is beta_norm = M/N = {_g(ref)} "
-                       "for these data and latents.")
-    a.facts.update(tradeoff={}, pareto={}, best_elbo={}, collapse={})
+    _elbo_line(a, c)
+    doubtful = _convergence_lines(a, c, w)
+    doubtful |= _schedule_line(a, c, w)
+    a.facts.update(tradeoff={}, pareto={}, pareto_points={}, best_elbo={}, collapse={},
+                   collapse_runs={})
     for head, g in c.groupby("head", sort=False):
-        _head_lines(a, str(head), g, w)
-    _structure_line(a, c, w)
+        _head_lines(a, str(head), g, w, doubtful)
+    _structure_line(a, c, w, doubtful)
     _pairs_line(a, df, pairs)
     _dynamics_lines(a, dynamics)
     if study is not None:
@@ -88,7 +98,16 @@ def answer(df: pd.DataFrame, *, sweep: str | None = None, study: StudyInfo | Non
     return a
 
 
-def _head_lines(a: Answer, head: str, g: pd.DataFrame, w: str) -> None:
+def _provisional(run_ids: Any, doubtful: set[str]) -> str:
+    bad = set(run_ids) & doubtful
+    return (f" (provisional: {len(bad)} of these run(s) are flagged above)" if bad else "")
+
+
+def _weights(values: pd.Series, w: str) -> str:
+    return f"{w} " + ", ".join(_g(v) for v in sorted(set(values.dropna())))
+
+
+def _head_lines(a: Answer, head: str, g: pd.DataFrame, w: str, doubtful: set[str]) -> None:
     weights = g[w][np.isfinite(g[w])]
     if weights.nunique() >= 2:
         mean_d = over_seeds(g, "distortion", w, by=("head",))
@@ -100,38 +119,189 @@ def _head_lines(a: Answer, head: str, g: pd.DataFrame, w: str) -> None:
         a.lines.append(
             f"`{head}`: from {w} = {_g(weights.min())} to {_g(weights.max())}, distortion goes "
             f"{_g(mean_d['mean'].iloc[0], 5)} → {_g(mean_d['mean'].iloc[-1], 5)} nats and rate "
-            f"{_g(mean_r['mean'].iloc[0])} → {_g(mean_r['mean'].iloc[-1])} nats{rho}.")
+            f"{_g(mean_r['mean'].iloc[0])} → {_g(mean_r['mean'].iloc[-1])} nats{rho}"
+            f"{_provisional(g['run_id'], doubtful)}.")
     front = g[g["pareto"]]
     if len(front):
         a.facts["pareto"][head] = (float(front[w].min()), float(front[w].max()))
+        points = [p for _, p in front.groupby("pareto_point", sort=True)] \
+            if "pareto_point" in front and front["pareto_point"].notna().all() else [front]
+        a.facts["pareto_points"][head] = [sorted(map(float, p[w].dropna())) for p in points]
+        desc = "; ".join(f"{_weights(p[w], w)} (D {_range(p['distortion'], 4)}, R {_range(p['rate'])}"
+                         f"{', ' + str(len(p)) + ' runs' if len(p) > 1 else ''})" for p in points)
         a.lines.append(f"`{head}`: the rate–distortion Pareto front holds {len(front)} of "
-                       f"{len(g)} runs, {w} {_range(front[w])}.")
+                       f"{len(g)} runs, {w} {_range(front[w])}, as {len(points)} distinct "
+                       f"point(s) (runs within seed noise of each other are one point: "
+                       f"{seed_noise(g).describe()}): {desc}"
+                       f"{_provisional(front['run_id'], doubtful)}.")
     elbo = g["distortion"] + g["rate"]
     best = g.loc[elbo.idxmin()]
     a.facts["best_elbo"][head] = {w: float(best[w]), "elbo": float(-elbo.min())}
     a.lines.append(f"`{head}`: best ELBO (lowest D + R = {_g(elbo.min(), 4)} nats) at {w} = "
-                   f"{_g(best[w])}, beta_eff = {_g(best['beta_eff'])}.")
+                   f"{_g(best[w])}, beta_eff = {_g(best['beta_eff'])}"
+                   f"{_provisional([best['run_id']], doubtful)}.")
     au = g["active_units"]
     if au.notna().any():
         dead = g[au == 0]
         a.facts["collapse"][head] = int(len(dead))
+        a.facts["collapse_runs"][head] = list(dead["run_id"])
         if len(dead):
+            # weight by weight with the count of runs there: a range of weights would suggest
+            # that every run inside it collapsed
+            each = ", ".join(f"{w} {_g(x)} ({int((dead[w] == x).sum())} of "
+                             f"{int((g[w] == x).sum())} run{'s' if (g[w] == x).sum() > 1 else ''})"
+                             for x in sorted(set(dead[w].dropna())))
             a.lines.append(f"`{head}`: posterior collapse (no active unit) in {len(dead)} of "
-                           f"{len(g)} runs, at {w} {_range(dead[w])}.")
+                           f"{len(g)} runs, weight by weight: {each}"
+                           f"{_provisional(dead['run_id'], doubtful)}.")
         else:
             a.lines.append(f"`{head}`: no run collapsed; active units "
                            f"{_range(au.dropna())} of {int(g['latent_dim'].max())}.")
 
 
-def _structure_line(a: Answer, c: pd.DataFrame, w: str) -> None:
+def _structure_line(a: Answer, c: pd.DataFrame, w: str, doubtful: set[str]) -> None:
+    """Where latent structure (MIG, probe and kNN accuracy) peaks along the weight, as
+    beta_eff and beta_norm, and what it is either side."""
     metric = structure_metric(c)
     if metric is None:
         return
     s = c[c[metric].notna()]
     best = s.loc[s[metric].idxmax()]
     a.facts["structure"] = {"metric": metric, "best": float(best[metric]), w: float(best[w])}
-    a.lines.append(f"Highest {metric.split('/')[-1]}: {_g(best[metric])} at {w} = {_g(best[w])} "
-                   f"(`{best['head']}`, {best['reduction']}).")
+    peaks = structure_peaks(c, w)
+    a.facts["structure_peaks"] = peaks.drop(columns="runs").to_dict("records")
+    if peaks.empty:  # one weight only: the best run is all there is to say
+        a.lines.append(f"Highest {metric.split('/')[-1]}: {_g(best[metric])} at {w} = "
+                       f"{_g(best[w])} (`{best['head']}`, {best['reduction']}).")
+        return
+    for p in peaks.itertuples():
+        name = p.metric.split("/")[-1]
+        other = (f"beta_eff = {_g(p.beta_eff)}" if w == "beta_norm" else f"beta_norm = {_g(p.beta_norm)}")
+        where = {"lowest": "at the lowest weight searched, ", "highest": "at the highest weight "
+                 "searched, "}.get(p.edge, "at ")
+        text = (f"`{p.head}`: {name} peaks {where}{w} = {_g(p.peak)} ({other}): {_g(p.mean)}"
+                f" (mean of {p.n} run{'s' if p.n > 1 else ''})")
+        if p.edge != "lowest":
+            text += f"; below it, {_g(p.mean_low)} at {w} = {_g(p.low)}"
+        if p.edge != "highest":
+            text += f"; above it, {_g(p.mean_high)} at {w} = {_g(p.high)}"
+        if p.edge:
+            text += f"; the peak may lie {'below' if p.edge == 'lowest' else 'above'} the range"
+        if p.within_noise:
+            text += (f"; within seed noise of the peak: {w} "
+                     + ", ".join(_g(v) for v in p.within_noise))
+        a.lines.append(text + _provisional(p.runs, doubtful) + ".")
+
+
+def _elbo_line(a: Answer, c: pd.DataFrame) -> None:
+    """beta_eff = 1 as beta_norm = M/N from the config (never from logged weights)."""
+    ref = elbo_weight(c)
+    if ref is not None:
+        a.facts["elbo_beta_norm"] = ref
+        n = c["n_elements"].dropna()
+        m = c["latent_dim"].dropna()
+        where = {k: int(v) for k, v in (("below", (c["beta_eff"] < 1 - 1e-9).sum()),
+                                        ("at", (abs(c["beta_eff"] - 1) <= 1e-9).sum()),
+                                        ("above", (c["beta_eff"] > 1 + 1e-9).sum()))}
+        a.facts["elbo_sides"] = where
+        a.lines.append(f"beta_eff = 1, the plain ELBO's weight, is beta_norm = M/N = {_g(ref)} "
+                       f"for these data and latents (from the config: M = "
+                       f"{int(m.iloc[0]) if len(m) else '?'} latents, N = "
+                       f"{int(n.iloc[0]) if len(n) else '?'} elements); {where['below']} run(s) "
+                       f"train below it, {where['at']} at it, {where['above']} above it.")
+        return
+    values = c["elbo_beta_norm"].dropna().unique() if "elbo_beta_norm" in c else []
+    if len(values) > 1:
+        a.lines.append("beta_eff = 1 (the ELBO) is not one beta_norm in this sweep: its runs "
+                       "differ in data or latents (M/N = " + ", ".join(map(_g, sorted(values)))
+                       + ").")
+    else:
+        a.lines.append("The ELBO's weight (beta_eff = 1, beta_norm = M/N) cannot be placed: "
+                       "these runs do not record their data shape (tag `vaesweep.data_shape`), "
+                       "so N is unknown.")
+
+
+def _convergence_lines(a: Answer, c: pd.DataFrame, w: str) -> set[str]:
+    """Runs whose validation ELBO still moves, and pairs that break the D/R ordering; returns
+    the run ids that statements should call provisional."""
+    doubtful: set[str] = set()
+    if "converged" not in c:
+        a.facts["not_converged"] = None
+        a.lines.append("Convergence was not checked: no validation ELBO histories were read.")
+    else:
+        bad = c[c["converged"].map(lambda v: v is False)]
+        unknown = c[c["converged"].map(lambda v: v is None or v != v)]
+        ok = len(c) - len(bad) - len(unknown)
+        a.facts["not_converged"] = list(bad["run_id"])
+        a.facts["converged"] = ok
+        text = (f"Convergence (validation ELBO changing by less than {CONVERGED_RTOL:.0%} over the "
+                f"last {CONVERGED_WINDOW:.0%} of steps): {ok} of {len(c)} runs converged")
+        if len(bad):
+            doubtful |= set(bad["run_id"])
+            text += ("; still moving: " + "; ".join(
+                f"{run_label(r, w)} ({100 * r['elbo_change']:.2g} %)" for _, r in bad.iterrows()))
+        if len(unknown):
+            text += f"; {len(unknown)} run(s) have too few validations to tell"
+        if len(bad):
+            text += (". Their distortion and rate are not final, so this sweep cannot say where "
+                     "longer training would put them: statements below that use them are "
+                     "marked provisional")
+        a.lines.append(text + ".")
+    breaks = ordering_breaks(c)
+    a.facts["ordering_breaks"] = int(len(breaks))
+    if len(breaks):
+        by_id = c.set_index("run_id")
+        for ids in (*breaks["runs_low"], *breaks["runs_high"]):
+            doubtful |= set(ids)
+
+        def side(ids: list[str], d: float, r: float) -> str:
+            first = by_id.loc[ids[0]]
+            seeds = f", mean of {len(ids)} runs" if len(ids) > 1 else ""
+            return (f"{w} {_g(first[w])} (beta_eff {_g(first['beta_eff'])}, D {_g(d, 4)}, "
+                    f"R {_g(r)}{seeds})")
+
+        shown = "; ".join(
+            f"`{b.head}` {side(b.runs_low, b.distortion_low, b.rate_low)} vs "
+            f"{side(b.runs_high, b.distortion_high, b.rate_high)}: "
+            + " and ".join(f"{what} {'fell' if what == 'distortion' else 'rose'}"
+                           for what in b.broken.split(" and ")) + " as the weight rose"
+            for b in breaks.head(5).itertuples())
+        lo, hi = breaks["beta_eff_low"].min(), breaks["beta_eff_high"].max()
+        a.lines.append(
+            f"D/R ordering: {len(breaks)} pair(s) of runs break it beyond seed noise "
+            f"({seed_noise(c).describe()}): {shown}"
+            + (f"; and {len(breaks) - 5} more" if len(breaks) > 5 else "")
+            + ". Minimisers of D + beta_eff·R cannot do this (a larger weight never buys lower "
+            "distortion or costs more rate), so these runs are not at their minimum (too few "
+            "steps, or stuck, e.g. collapsed): the sweep cannot say how D and R change with the "
+            f"weight between beta_eff {_g(lo)} and {_g(hi)}.")
+    elif len(c) > 1 and c["beta_eff"].nunique() > 1:
+        a.lines.append("D/R ordering: along the weight, no pair of comparable runs has the "
+                       "distortion fall or the rate rise beyond seed noise as the weight rises.")
+    return doubtful
+
+
+def _schedule_line(a: Answer, c: pd.DataFrame, w: str) -> set[str]:
+    """Schedules that finished: a run that ended before its schedule did never trained at the
+    weight it is reported at."""
+    sched = c.get("kl.schedule.name", pd.Series("constant", index=c.index)).fillna("constant")
+    moving = c[(sched != "constant") | (c["weighting"] == "capacity")]  # weights that ramp
+    unfinished = c[c["schedule_unfinished"].notna()] if "schedule_unfinished" in c else c.iloc[0:0]
+    a.facts["schedule_unfinished"] = list(unfinished["run_id"])
+    if moving.empty and unfinished.empty:
+        return set()
+    n = len(set(moving["run_id"]) | set(unfinished["run_id"]))
+    text = (f"Schedules that finished: {n - len(unfinished)} of {n} runs with an annealing "
+            "schedule or capacity ramp finished it within the run")
+    if len(unfinished):
+        text += ("; not finished: " + "; ".join(
+            f"{run_label(r, w)} ({str(r['schedule_unfinished'])[:200]})"
+            for _, r in unfinished.head(5).iterrows())
+            + (f"; and {len(unfinished) - 5} more" if len(unfinished) > 5 else "")
+            + ". They never trained at the weight they are listed at, so they are left out of "
+            "the D/R ordering and marked provisional")
+    a.lines.append(text + ".")
+    return set(unfinished["run_id"])
 
 
 def _pairs_line(a: Answer, df: pd.DataFrame, pairs: pd.DataFrame | None) -> None:

@@ -6,6 +6,7 @@ study) stays in the report with one line saying why, so a reader knows it was lo
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 import time
@@ -17,7 +18,8 @@ import pandas as pd
 
 from vaesweep.report import analysis, plots
 from vaesweep.report.answer import Answer, answer
-from vaesweep.report.data import SweepData, complete_runs, structure_metric, weight_column
+from vaesweep.report.analysis import complete_runs, structure_metric, weight_column
+from vaesweep.report.data import SweepData
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,8 @@ class Report:
     meta: dict[str, Any]
     answer: Answer
     sections: list[Section]
+    #: the runs the report was made from, with the convergence columns (``runs.csv``)
+    runs: pd.DataFrame | None = None
 
     @property
     def main_picture(self) -> Picture | None:
@@ -69,7 +73,8 @@ def _picture(name: str, caption: str, fig: Any) -> Picture:
 
 def _runs_table(df: pd.DataFrame, w: str) -> pd.DataFrame:
     cols = ["trial", "run_id", "state", "head", "reduction", "method", "seed", w, "beta_eff",
-            "distortion", "rate", "active_units"]
+            "distortion", "rate", "active_units", "converged", "elbo_change",
+            "schedule_unfinished"]
     metric = structure_metric(df)
     if metric:
         cols.append(metric)
@@ -188,6 +193,12 @@ def study_section(data: SweepData) -> Section:
 
 def build_report(data: SweepData, *, max_images: int = 6) -> Report:
     """The report of a loaded sweep (see the module docstring)."""
+    c = complete_runs(data.runs)
+    if len(c) and data.client is not None:
+        # DESIGN §7: whether each run's validation ELBO has stopped moving
+        log.info("reading the val/elbo histories of %d run(s)", len(c))
+        hist = data.histories(list(c["run_id"]), ["val/elbo"])
+        data = dataclasses.replace(data, runs=analysis.with_convergence(data.runs, hist))
     df = data.runs
     w = weight_column(df) if not df.empty else "beta_eff"
     log.info("building the report of sweep %r (%d runs)", data.sweep, len(df))
@@ -202,7 +213,7 @@ def build_report(data: SweepData, *, max_images: int = 6) -> Report:
     meta = {"sweep": data.sweep, "tracking_uri": data.tracking_uri,
             "experiment": data.experiment, "parent_run_id": data.parent_run_id,
             "runs": len(df), "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
-    return Report(sweep=data.sweep, meta=meta, answer=ans, sections=sections)
+    return Report(sweep=data.sweep, meta=meta, answer=ans, sections=sections, runs=df)
 
 
 def format_table(frame: pd.DataFrame) -> pd.DataFrame:

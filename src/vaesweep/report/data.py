@@ -14,12 +14,19 @@ the notebook use:
 ``method``          ``+method=`` of the schedules study, else weighting[/schedule][+free bits]
 ``seed``            ``seed``
 ``beta_norm``       ``kl.beta_norm`` for beta_norm runs, else NaN
-``beta_eff``        the final ``beta_eff`` (test, else val, else train)
+``beta_eff``        the config's beta_eff (DESIGN §1, from the typed weight, the reduction, N
+                    and M) for fixed weightings; the final logged one (test, else val, else
+                    train) for controllers and capacity; ``beta_eff_logged`` the logged one
+``n_elements``      N = C·H·W, from the run's ``vaesweep.data_shape`` tag; ``data``: data.name
+``elbo_beta_norm``  M/N: the beta_norm at which beta_eff = 1 (the ELBO), from the config
+``schedule_unfinished``  why the run's schedule did not finish: the ``vaesweep.schedule_unfinished``
+                    tag, else a final logged beta_eff below the config's (None: finished or none)
 ``distortion``      ``test/distortion`` (else ``val/distortion``), nats per example
 ``rate``            ``test/rate`` (else ``val/rate``), nats per example
 ``active_units``    ``test/active_units`` (else ``val/active_units``)
 ``latent_dim``      ``model.latent_dim``; ``collapsed_dims``: latents with final KL < 0.01 nats
-``pareto``          on the rate–distortion Pareto front of its head (see ``analysis``)
+``pareto``          on the rate–distortion Pareto front of its head within seed noise, and
+                    ``pareto_point``: which point of it (see ``analysis.mark_pareto``)
 ==================  =========================================================================
 
 ``optuna_state`` and ``optuna_values`` are added when the Optuna study is found.
@@ -36,11 +43,16 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 from urllib.parse import urlparse
 
-import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from vaesweep.errors import ConfigError
+from vaesweep.kl.loss import beta_eff_from
+from vaesweep.names import TAG_SCHEDULE_UNFINISHED
+from vaesweep.report.analysis import (COLLAPSE_NATS, FEEDBACK_WEIGHTINGS,  # noqa: F401 (re-exported)
+                                      STRUCTURE_METRICS, complete_runs, mark_pareto,
+                                      structure_metric, weight_column)
+from vaesweep.tracking.run import TAG_DATA_SHAPE
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +61,6 @@ DEFAULT_STORAGE = "sqlite:///optuna.db"
 DEFAULT_EXPERIMENT = "vaesweep"
 TAG_SWEEP, TAG_ROLE, TAG_STUDY, TAG_PARENT = (
     "vaesweep.sweep", "vaesweep.role", "vaesweep.study", "mlflow.parentRunId")
-#: a latent whose final KL is below this carries no information (Burda et al. 2016 use the
-#: same 0.01 on the variance of its posterior mean)
-COLLAPSE_NATS = 0.01
-#: structure metrics in order of preference: factors (dSprites), then labels
-STRUCTURE_METRICS = ("test/mig", "test/linear_probe_acc", "test/knn_acc")
-#: weighting methods whose weight moves during training (besides non-constant schedules)
-FEEDBACK_WEIGHTINGS = ("capacity", "geco", "controlvae")
 _KL_DIM = re.compile(r"^val/kl_dim_(\d+)$")
 
 
@@ -201,6 +206,44 @@ def _first(row: Mapping[str, Any], keys: Iterable[str]) -> float:
     return float("nan")
 
 
+def _n_elements(shape: str | None) -> int | None:
+    """N = C·H·W from the ``vaesweep.data_shape`` tag ("C,H,W"); None when absent."""
+    try:
+        dims = [int(x) for x in str(shape).split(",")] if shape else []
+    except ValueError:
+        return None
+    return math.prod(dims) if len(dims) == 3 and min(dims) > 0 else None
+
+
+def _config_beta_eff(params: Mapping[str, Any], weighting: Any, n: int | None,
+                     m: int | None) -> float | None:
+    """The beta_eff the config asks for (DESIGN §1's table): for the fixed weightings, from
+    the typed weight, the reduction, N and M; None for controllers and capacity (their weight
+    is set in training) or when N or M is unknown."""
+    if weighting not in ("beta", "beta_norm") or not n or not m:
+        return None
+    weight = params.get(f"kl.{weighting}")
+    reduction = params.get("kl.reduction") or "sum"
+    if not isinstance(weight, (int, float)) or isinstance(weight, bool):
+        return None
+    return beta_eff_from(float(weight), str(reduction), n, m, weighting == "beta_norm")
+
+
+def _unfinished(tags: Mapping[str, str], params: Mapping[str, Any], beta_eff: float | None,
+                logged: float) -> str | None:
+    """Why a run's schedule did not finish: the ``vaesweep.schedule_unfinished`` tag, else
+    (runs made before that tag existed) a final logged weight below the configured one by
+    more than 0.1 %; None when it finished or has no schedule."""
+    if tags.get(TAG_SCHEDULE_UNFINISHED):
+        return str(tags[TAG_SCHEDULE_UNFINISHED])
+    schedule = params.get("kl.schedule.name")
+    if (schedule in (None, "constant") or beta_eff is None or not beta_eff > 0
+            or not math.isfinite(logged) or logged >= beta_eff * (1 - 1e-3)):
+        return None
+    return (f"its {schedule} schedule ended at beta_eff {logged:.4g}, {100 * logged / beta_eff:.2g} % "
+            f"of the configured {beta_eff:.4g}")
+
+
 def run_row(run: Any) -> dict[str, Any]:
     """One MLflow run as a flat dict: params, final metrics, tags we rely on, derived values."""
     params = {k: parse_value(v) for k, v in run.data.params.items()}
@@ -224,6 +267,10 @@ def run_row(run: Any) -> dict[str, Any]:
     beta_norm = params.get("kl.beta_norm") if weighting == "beta_norm" else None
     kl_dims = {int(m.group(1)): v for k, v in metrics.items() if (m := _KL_DIM.match(k))}
     latent_dim = params.get("model.latent_dim")
+    n_elements = _n_elements(tags.get(TAG_DATA_SHAPE))
+    m = int(latent_dim) if isinstance(latent_dim, (int, float)) and latent_dim > 0 else None
+    logged_beta_eff = _first(metrics, ("test/beta_eff", "val/beta_eff", "train/beta_eff"))
+    beta_eff = _config_beta_eff(params, weighting, n_elements, m)
     row.update({
         "head": params.get("likelihood.name"),
         "reduction": params.get("kl.reduction"),
@@ -233,7 +280,12 @@ def run_row(run: Any) -> dict[str, Any]:
         "beta_norm": float(beta_norm) if isinstance(beta_norm, (int, float)) else float("nan"),
         "beta": float(params["kl.beta"]) if isinstance(params.get("kl.beta"), (int, float))
         and weighting == "beta" else float("nan"),
-        "beta_eff": _first(metrics, ("test/beta_eff", "val/beta_eff", "train/beta_eff")),
+        "beta_eff": beta_eff if beta_eff is not None else logged_beta_eff,
+        "beta_eff_logged": logged_beta_eff,
+        "n_elements": n_elements,
+        "elbo_beta_norm": m / n_elements if m and n_elements else float("nan"),
+        "data": params.get("data.name"),
+        "schedule_unfinished": _unfinished(tags, params, beta_eff, logged_beta_eff),
         "distortion": _first(metrics, ("test/distortion", "val/distortion")),
         "rate": _first(metrics, ("test/rate", "val/rate")),
         "active_units": _first(metrics, ("test/active_units", "val/active_units")),
@@ -251,30 +303,7 @@ def runs_frame(runs: Sequence[Any]) -> pd.DataFrame:
     if df.empty:
         return df
     df = df.sort_values(["trial", "start_time"], na_position="last", kind="stable")
-    from vaesweep.report.analysis import mark_pareto
     return mark_pareto(df.reset_index(drop=True))
-
-
-def complete_runs(df: pd.DataFrame) -> pd.DataFrame:
-    """Finished runs with a finite distortion and rate."""
-    if df.empty:
-        return df
-    ok = (df["state"] == "COMPLETE") & np.isfinite(df["distortion"]) & np.isfinite(df["rate"])
-    return df[ok]
-
-
-def structure_metric(df: pd.DataFrame) -> str | None:
-    """The structure metric the sweep logged: MIG (data with factors), else a probe accuracy
-    (data with labels); None when there is none."""
-    return next((m for m in STRUCTURE_METRICS if m in df and df[m].notna().any()), None)
-
-
-def weight_column(df: pd.DataFrame) -> str:
-    """``beta_norm`` when every complete run has one, else ``beta_eff``."""
-    c = complete_runs(df)
-    if len(c) and c["beta_norm"].notna().all() and (c["beta_norm"] > 0).all():
-        return "beta_norm"
-    return "beta_eff"
 
 
 def dynamics_keys(df: pd.DataFrame) -> list[str]:

@@ -19,8 +19,8 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from vaesweep.report.analysis import over_seeds, elbo_weight, pareto_mask, run_label
-from vaesweep.report.data import complete_runs, structure_metric, weight_column
+from vaesweep.report.analysis import (complete_runs, elbo_weight, over_seeds, pareto_mask,
+                                      run_label, structure_metric, weight_column)
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 LINESTYLES = {"sum": "-", "mean": "--"}
@@ -90,7 +90,9 @@ def rate_distortion(df: pd.DataFrame, weight: str | None = None,
                        for v in logw.loc[g.index]]
             ax.scatter(g["distortion"], g["rate"], c=colours, marker=marker, s=46,
                        edgecolors="k", linewidths=0.5, zorder=3)
-            front = g[pareto_mask(g["distortion"], g["rate"])].sort_values("distortion")
+            # the front within seed noise (``pareto``, analysis.mark_pareto) where it is marked
+            on = g["pareto"].astype(bool) if "pareto" in g else pareto_mask(g["distortion"], g["rate"])
+            front = g[on].sort_values("distortion")
             ax.plot(front["distortion"], front["rate"], drawstyle="steps-post", color="k",
                     lw=1.0, alpha=0.7, zorder=2)
             ax.scatter(front["distortion"], front["rate"], s=130, facecolors="none",

@@ -1,6 +1,6 @@
 """Tracking: MLflow runs (parent/child links, params, artifacts) and their pictures."""
-from vaesweep.tracking.run import (TAG_COMMIT, TAG_PARENT, TAG_SWEEP, TAG_TRIAL, TrackedRun,
-                                   flatten, git_commit)
+from vaesweep.tracking.run import (TAG_COMMIT, TAG_DATA_SHAPE, TAG_PARENT, TAG_SWEEP, TAG_TRIAL,
+                                   TrackedRun, flatten, git_commit)
 
-__all__ = ["TAG_COMMIT", "TAG_PARENT", "TAG_SWEEP", "TAG_TRIAL", "TrackedRun", "flatten",
-           "git_commit"]
+__all__ = ["TAG_COMMIT", "TAG_DATA_SHAPE", "TAG_PARENT", "TAG_SWEEP", "TAG_TRIAL", "TrackedRun",
+           "flatten", "git_commit"]

@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 TAG_SWEEP, TAG_TRIAL, TAG_COMMIT, TAG_PARENT = (
     "vaesweep.sweep", "vaesweep.trial", "vaesweep.git_commit", "mlflow.parentRunId")
+#: the shape (C,H,W) of the run's images: N = C·H·W places the ELBO's weight, beta_norm = M/N
+TAG_DATA_SHAPE = "vaesweep.data_shape"
 MAX_PARAM = 6000  # MLflow's limit on a param value's length
 
 
