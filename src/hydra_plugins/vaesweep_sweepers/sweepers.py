@@ -132,13 +132,13 @@ class _ParentMixin:
         self.launcher = InjectingLauncher(self.launcher, [])
 
     def _open_parent(self, study: str | None, resume: bool):
-        from vaesweep.sweep.parent import open_parent, sweep_settings
+        from vaesweep.sweep.parent import job_overrides, open_parent, sweep_settings
         from vaesweep.tracking.stale import close_stale_runs
         s = sweep_settings(self.config)
         self.sweep_name = s["sweep"]
         close_stale_runs(s["uri"], s["experiment"], s["sweep"])
         parent = open_parent(s["uri"], s["experiment"], s["sweep"], study, resume)
-        self.launcher.extra = [f"study.parent_run_id={parent.run_id}"]
+        self.launcher.extra = job_overrides(self.config, parent.run_id)
         return parent
 
     def _check_tracking(self) -> None:

@@ -63,6 +63,20 @@ class InjectingLauncher:
         return getattr(self.launcher, name)
 
 
+def job_overrides(config: Any, parent_run_id: str) -> list[str]:
+    """The overrides every job of a sweep gets: its parent run, and the sweep's SQLite stores
+    as absolute paths. A launcher may run a job in another folder (a Ray worker runs in the
+    folder its cluster was started from), where ``sqlite:///mlflow.db`` would be another file."""
+    from vaesweep.train import absolute_sqlite
+    out = [f"study.parent_run_id={parent_run_id}"]
+    study, tracking = config.get("study") or {}, config.get("tracking") or {}
+    for key, value in (("study.storage", study.get("storage")), ("tracking.uri", tracking.get("uri"))):
+        if isinstance(value, str) and absolute_sqlite(value) != value:
+            quoted = absolute_sqlite(value).replace("\\", "\\\\").replace("'", "\\'")
+            out.append(f"{key}='{quoted}'")
+    return out
+
+
 def sweep_settings(config: Any) -> Mapping[str, Any]:
     """Sweep name, study name, tracking URI and experiment from the composed config."""
     study = config.get("study") or {}
