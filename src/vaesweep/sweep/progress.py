@@ -179,10 +179,25 @@ class SweepProgress:
 
     def _start_live(self) -> None:
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn,
+                                   TextColumn)
+        from rich.text import Text
+
+        sweep = self
+
+        class Status(ProgressColumn):
+            """Elapsed and ETA on the trials row, computed at each redraw (they move while a
+            trial evaluates and nothing else reports); the phase on the steps row."""
+
+            def render(self, task: Any) -> Text:
+                if task.id == sweep._trials:
+                    return Text(f"elapsed {duration(sweep.elapsed())} • "
+                                f"ETA {duration(sweep.eta())}")
+                return Text(str(task.fields.get("info", "")))
+
         console = Console(file=self.stream)
         self._live = Progress(TextColumn("{task.description}"), BarColumn(),
-                              MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                              MofNCompleteColumn(), Status(),
                               console=console, refresh_per_second=2, transient=False)
         self._trials = self._live.add_task(f"{self.name} trials", total=self.total,
                                            completed=self.done, info="")
@@ -206,8 +221,7 @@ class SweepProgress:
     def _refresh(self) -> None:
         if self._live is None:
             return
-        eta = f"elapsed {duration(self.elapsed())} • ETA {duration(self.eta())}"
-        self._live.update(self._trials, completed=self.done, info=eta)
+        self._live.update(self._trials, completed=self.done)
         label = ", ".join(self.running)
         phase = "" if self.phase == "training" else self.phase
         self._live.update(self._steps, description=f"{label} steps" if label else "",
