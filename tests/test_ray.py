@@ -129,6 +129,8 @@ def test_optuna_study_on_a_local_ray_cluster_every_trial_once(tmp_path, ray_clus
     # the trials ran in Ray's workers, not in the sweep's process
     assert "Connecting to existing Ray cluster at address: " + ray_cluster in out, out[-3000:]
     assert "(_run_job pid=" in out
+    # in Ray's workers too, Lightning's lines come once, through Hydra's handler
+    assert "INFO: GPU available" not in out and "GPU available: False" in out
     study = optuna.load_study(study_name="quick", storage=storage)
     assert_every_trial_once(study, uri, n_trials=N_TRIALS, workers=1)
     assert len(study.trials) == N_TRIALS

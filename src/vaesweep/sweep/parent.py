@@ -43,6 +43,10 @@ def open_parent(uri: str, experiment: str, sweep: str, study: str | None,
     run = TrackedRun(uri, experiment, run_name=f"sweep:{sweep}", tags=tags, run_id=run_id)
     log.info("MLflow parent run %s for sweep %r%s", run.run_id, sweep,
              " (resumed)" if run_id else "")
+    if uri.startswith(("http://", "https://")):
+        # MLflow 3.17's UI opens on its GenAI pages unless asked for the model-training view
+        log.info("MLflow UI: %s/#/experiments/%s?workflowType=machine_learning",
+                 uri.rstrip("/"), run.experiment_id)
     return run
 
 
