@@ -71,8 +71,9 @@ def _quiet_known_warnings() -> None:
 
     from optuna.exceptions import ExperimentalWarning
     # QMCSampler has been marked experimental since Optuna 3.0 (still in 5.0); the `quick`
-    # study uses only its documented arguments (qmc_type, scramble, seed), which the tests run
-    # on every supported Optuna, so an interface change fails a test, not a user's sweep.
+    # study uses only its documented arguments (qmc_type, scramble, seed), which the tests
+    # run (tests/test_sweeps.py, test_conventions.py), so an interface change fails a test
+    # rather than a user's sweep.
     warnings.filterwarnings("ignore", message="QMCSampler is experimental",
                             category=ExperimentalWarning)
 
