@@ -1,8 +1,10 @@
 """The MLflow UI, as a person uses it: an ``mlflow server`` on 127.0.0.1 over the tiny sweeps'
 tracking store, opened in headless Chromium through Playwright. The sweep's parent run shows
 its Pareto metrics, its child runs and the report's main plot; a child run shows its test
-metrics, its kl.beta_norm param and its reconstructions picture. Screenshots are saved in
-each test's temporary folder.
+metrics, its kl.beta_norm param and its reconstructions picture; the experiment opens on its
+runs table (MLflow's "Model training" view, not the GenAI overview) with the sweep's child
+runs under their parent. Screenshots are saved in ``$VAESWEEP_SCREENSHOTS`` when set, else
+in each test's temporary folder.
 
 Chromium is Debian's (/usr/bin/chromium); when it is missing the setup installs it with
 apt-get, and skips, saying why, when that is not possible. No browser is ever downloaded.
@@ -94,6 +96,17 @@ def mlflow_server(tiny_sweeps, report_logged, tmp_path_factory):
                 proc.wait()
 
 
+@pytest.fixture
+def shots(tmp_path):
+    """Where a test saves its screenshots."""
+    folder = os.environ.get("VAESWEEP_SCREENSHOTS")
+    if not folder:
+        return tmp_path
+    path = Path(folder).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 @pytest.fixture(scope="module")
 def browser():
     executable = ensure_chromium()
@@ -161,7 +174,7 @@ def show_artifact(page, *names: str) -> None:
 
 
 def test_parent_run_shows_the_sweep_its_children_and_the_report(page, mlflow_server,
-                                                                 quick_runs, tmp_path):
+                                                                 quick_runs, shots):
     parent, children = quick_runs
     open_run(page, mlflow_server, parent)
     page.get_by_text("Child runs", exact=True).first.wait_for()
@@ -170,12 +183,14 @@ def test_parent_run_shows_the_sweep_its_children_and_the_report(page, mlflow_ser
         page.locator(f"a[href$='/runs/{child.info.run_id}']").first.wait_for()
     body = page.inner_text("body")
     assert "sweep:quick" in body and "vaesweep.role" in body
+    # its description: the report's answer (the sweep's summary until the report ran)
+    page.get_by_text("The answer (generated from the numbers)").first.wait_for()
     shown = table_value(page, "Search metrics", "pareto_0/test/distortion")
     assert shown == pytest.approx(parent.data.metrics["pareto_0/test/distortion"], rel=1e-6)
-    page.screenshot(path=str(tmp_path / "parent_overview.png"))
+    page.screenshot(path=str(shots / "parent_overview.png"))
     open_run(page, mlflow_server, parent, "/artifacts")
     show_artifact(page, "report", "rate_distortion.png")
-    page.screenshot(path=str(tmp_path / "parent_report_plot.png"))
+    page.screenshot(path=str(shots / "parent_report_plot.png"))
     # the HTML report itself, shown by the UI in a frame, with its embedded figures
     page.get_by_text("report.html", exact=True).first.click()
     frame = page.frame_locator("iframe").first
@@ -183,11 +198,11 @@ def test_parent_run_shows_the_sweep_its_children_and_the_report(page, mlflow_ser
     figure = frame.locator("#fig-rate_distortion img")
     figure.wait_for()
     assert figure.evaluate("img => img.complete && img.naturalWidth") > 100
-    page.screenshot(path=str(tmp_path / "parent_report_html.png"))
+    page.screenshot(path=str(shots / "parent_report_html.png"))
 
 
 def test_child_run_shows_metrics_params_and_reconstructions(page, mlflow_server, quick_runs,
-                                                            tmp_path):
+                                                            shots):
     _, children = quick_runs
     child = children[0]
     open_run(page, mlflow_server, child)
@@ -202,10 +217,40 @@ def test_child_run_shows_metrics_params_and_reconstructions(page, mlflow_server,
     shown = table_value(page, "Search parameters", "kl.beta_norm")
     assert shown == pytest.approx(float(child.data.params["kl.beta_norm"]), rel=1e-9)
     page.get_by_placeholder("Search metrics").first.fill("test/")
-    page.screenshot(path=str(tmp_path / "child_overview.png"))
+    page.screenshot(path=str(shots / "child_overview.png"))
     open_run(page, mlflow_server, child, "/artifacts")
     show_artifact(page, "reconstructions.png")
-    shot = tmp_path / "child_reconstructions.png"
+    shot = shots / "child_reconstructions.png"
     page.screenshot(path=str(shot))
     assert shot.stat().st_size > 10_000
-    print(f"screenshots in {tmp_path}")
+    print(f"screenshots in {shots}")
+
+
+def test_the_experiment_opens_on_its_runs_table_with_the_child_runs(page, mlflow_server,
+                                                                    quick_runs, shots):
+    """vaesweep's experiments are tagged ``mlflow.experimentKind=custom_model_development``;
+    MLflow 3.17's UI shows the view its sidebar switch (GenAI | Model training) selects, and
+    ``?workflowType=machine_learning`` (the link the README gives) selects model training."""
+    from mlflow.tracking import MlflowClient
+    parent, children = quick_runs
+    exp = MlflowClient(tracking_uri=mlflow_server).get_experiment(parent.info.experiment_id)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    page.goto(f"{mlflow_server}/#/experiments/{exp.experiment_id}?workflowType=machine_learning",
+              wait_until="load")
+    row = page.locator("[role=row]", has_text="sweep:quick").first
+    row.wait_for()
+    body = page.inner_text("body")
+    assert "Run Name" in body and "Source" in body, body[:2000]
+    assert "No data available" not in body  # not the GenAI overview of traces
+    page.screenshot(path=str(shots / "experiment_runs_table.png"))
+    # the sweep's runs sit under its parent: expand it, and every child run is listed
+    row.locator("[role=gridcell][col-id*='Run Name'] button").first.click()
+    for child in children:
+        link = page.locator(f"a[href$='/runs/{child.info.run_id}']").first
+        link.wait_for()
+        assert link.inner_text() == child.info.run_name
+    # MLflow's Source column: the command that made the runs
+    assert page.locator("[role=gridcell]", has_text="vaesweep").count() >= len(children)
+    shot = shots / "experiment_runs_table_children.png"
+    page.screenshot(path=str(shot))
+    assert shot.stat().st_size > 10_000

@@ -33,10 +33,14 @@ CONF_DIR = conf_dir()
 
 
 def _quiet_lightning() -> None:
-    """Lightning adds its own console handler; Hydra's root handler already prints its
-    records, so drop the duplicate (and the advertising tip)."""
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).handlers.clear()
+    """Lightning adds its own console handlers (on ``lightning``, and on ``lightning.pytorch``
+    and ``lightning.fabric`` when the root logger had none at import); Hydra's root handler
+    already prints their records, so each line appeared twice (``INFO: GPU available...`` and
+    ``[...][lightning...][INFO] - GPU available...``). Drop theirs (and the advertising tip)."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
 
     class NoTips(logging.Filter):
         def filter(self, record: logging.LogRecord) -> bool:
@@ -72,8 +76,23 @@ def _task(cfg: Any) -> Any:
     return objectives(cfg, metrics)
 
 
+def _quiet_known_warnings() -> None:
+    """Library warnings checked to be harmless for vaesweep, not shown to the user."""
+    import warnings
+
+    from optuna.exceptions import ExperimentalWarning
+    # QMCSampler has been marked experimental since Optuna 3.0 (still in 5.0); the `quick`
+    # study uses only its documented arguments (qmc_type, scramble, seed), which the tests
+    # run (tests/test_sweeps.py, test_conventions.py), so an interface change fails a test
+    # rather than a user's sweep.
+    warnings.filterwarnings("ignore", message="QMCSampler is experimental",
+                            category=ExperimentalWarning)
+
+
 def hydra_main() -> Any:
     import hydra
+
+    _quiet_known_warnings()
 
     import vaesweep.resolvers  # noqa: F401  (resolvers used by the configs)
 

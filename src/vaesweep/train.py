@@ -72,6 +72,8 @@ def check_job(c: Mapping[str, Any]) -> None:
         if key not in accepted and key not in FAST_PATH:
             raise ConfigError(f"trainer.{key}", c["trainer"][key], "a lightning.Trainer argument")
     check_fast_path(c.get("trainer", {}))
+    from vaesweep.sweep.progress import check_progress
+    check_progress(c)
     optim = c.get("optim") or {}
     if optim.get("name") not in OPTIMIZERS:
         raise ConfigError("optim.name", optim.get("name"), sorted(OPTIMIZERS))
@@ -586,6 +588,8 @@ def run_job(cfg: DictConfig | Mapping[str, Any], tags: Mapping[str, str] | None 
                                enable_version_counter=False)
         callbacks += [speed, ckpt, BetaTrace(run, trainer_cfg.get("log_every_n_steps", 50)),
                       RandomState(), RunIdFile(out / "checkpoints" / RUN_ID_FILE, run.run_id)]
+        from vaesweep.sweep.progress import job_callbacks
+        callbacks += job_callbacks(trainer_cfg)  # a sweep's display: Lightning's bar off
         callbacks += progress_bar(trainer_cfg, callbacks)
         trainer = L.Trainer(**trainer_cfg, logger=logger, callbacks=callbacks,
                             default_root_dir=str(out))

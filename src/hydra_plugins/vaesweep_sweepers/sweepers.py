@@ -132,13 +132,13 @@ class _ParentMixin:
         self.launcher = InjectingLauncher(self.launcher, [])
 
     def _open_parent(self, study: str | None, resume: bool):
-        from vaesweep.sweep.parent import open_parent, sweep_settings
+        from vaesweep.sweep.parent import job_overrides, open_parent, sweep_settings
         from vaesweep.tracking.stale import close_stale_runs
         s = sweep_settings(self.config)
         self.sweep_name = s["sweep"]
         close_stale_runs(s["uri"], s["experiment"], s["sweep"])
         parent = open_parent(s["uri"], s["experiment"], s["sweep"], study, resume)
-        self.launcher.extra = [f"study.parent_run_id={parent.run_id}"]
+        self.launcher.extra = job_overrides(self.config, parent.run_id)
         return parent
 
     def _check_tracking(self) -> None:
@@ -206,10 +206,16 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
         self._check_storage()
         self._check_tracking()
         study = self._load_study(directions, names)
-        with self._open_parent(study_name, resume=True) as parent:
+        from vaesweep.sweep.progress import sweep_progress
+        with self._open_parent(study_name, resume=True) as parent, sweep_progress(
+                self.config, study_name, self.n_trials,
+                done=lambda: len(study.get_trials(deepcopy=False, states=FINISHED))):
             study.set_user_attr("mlflow_parent_run_id", parent.run_id)
             self._optimize(study, arguments, directions, names)
             self._summarise(study, parent, names)
+            from vaesweep.sweep.parent import study_note
+            from vaesweep.tracking.run import set_note
+            set_note(parent.client, parent.run_id, study_note(study, names, self.n_trials))
 
     def _check_storage(self) -> None:
         """The Optuna storage URL is well formed and its database answers (before anything is
@@ -264,6 +270,8 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
                               f"the objectives of the existing study {self.study_name!r}: {old}")
         if old is None:
             study.set_user_attr("objectives", list(names))
+        from vaesweep.sweep.objectives import name_objectives
+        name_objectives(study, names)
         return study
 
     def _optimize(self, study: optuna.Study, arguments: list[str], directions: Sequence[str],
@@ -445,7 +453,9 @@ class VaesweepBasicSweeper(_ParentMixin, BasicSweeper):
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         n_jobs = sum(len(b) for b in self.overrides)
         returns, idx, failed = [], 0, 0
-        with self._open_parent(None, resume=False) as parent:
+        from vaesweep.sweep.progress import sweep_progress
+        with self._open_parent(None, resume=False) as parent, sweep_progress(
+                self.config, self.sweep_name, n_jobs):
             while not self.is_done():
                 batch = self.get_job_batch()
                 self.validate_batch_is_legal(batch)
@@ -462,6 +472,9 @@ class VaesweepBasicSweeper(_ParentMixin, BasicSweeper):
                     idx += 1
                 returns.append(results)
             parent.log_metrics({"sweep/jobs": idx, "sweep/failed": failed})
+            from vaesweep.sweep.parent import grid_note
+            from vaesweep.tracking.run import set_note
+            set_note(parent.client, parent.run_id, grid_note(self.sweep_name, idx, failed))
         return returns
 
 

@@ -52,11 +52,15 @@ def write_report(report: Any, out: str | Path) -> dict[str, Path]:
 
 
 def log_report(data: SweepData, paths: dict[str, Path]) -> None:
-    """Log the report's files as artifacts of the sweep's parent run (under ``report/``)."""
+    """Log the report's files as artifacts of the sweep's parent run (under ``report/``), and
+    its answer as the parent run's description."""
     if data.client is None or data.parent_run_id is None:
         return
     for p in paths.values():
         data.client.log_artifact(data.parent_run_id, str(p), ARTIFACT_DIR)
+    if "answer.md" in paths:
+        from vaesweep.tracking.run import set_note
+        set_note(data.client, data.parent_run_id, paths["answer.md"].read_text(encoding="utf-8"))
     log.info("logged %d file(s) to the parent run %s under %s/", len(paths),
              data.parent_run_id, ARTIFACT_DIR)
 

@@ -43,6 +43,10 @@ def open_parent(uri: str, experiment: str, sweep: str, study: str | None,
     run = TrackedRun(uri, experiment, run_name=f"sweep:{sweep}", tags=tags, run_id=run_id)
     log.info("MLflow parent run %s for sweep %r%s", run.run_id, sweep,
              " (resumed)" if run_id else "")
+    if uri.startswith(("http://", "https://")):
+        # MLflow 3.17's UI opens on its GenAI pages unless asked for the model-training view
+        log.info("MLflow UI: %s/#/experiments/%s?workflowType=machine_learning",
+                 uri.rstrip("/"), run.experiment_id)
     return run
 
 
@@ -57,10 +61,33 @@ class InjectingLauncher:
         per_job = self.per_job or [[] for _ in job_overrides]
         self.per_job = None
         batch = [list(o) + self.extra + list(p) for o, p in zip(job_overrides, per_job)]
-        return self.launcher.launch(batch, initial_job_idx=initial_job_idx)
+        from vaesweep.sweep.progress import current
+        progress = current()
+        if progress is None:
+            return self.launcher.launch(batch, initial_job_idx=initial_job_idx)
+        labels = [next((f"trial {x.split('=', 1)[1]}" for x in p if x.startswith("study.trial=")),
+                       f"job {initial_job_idx + i}") for i, p in enumerate(per_job)]
+        progress.started(labels)
+        returns = self.launcher.launch(batch, initial_job_idx=initial_job_idx)
+        progress.finished(len(returns))
+        return returns
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.launcher, name)
+
+
+def job_overrides(config: Any, parent_run_id: str) -> list[str]:
+    """The overrides every job of a sweep gets: its parent run, and the sweep's SQLite stores
+    as absolute paths. A launcher may run a job in another folder (a Ray worker runs in the
+    folder its cluster was started from), where ``sqlite:///mlflow.db`` would be another file."""
+    from vaesweep.train import absolute_sqlite
+    out = [f"study.parent_run_id={parent_run_id}"]
+    study, tracking = config.get("study") or {}, config.get("tracking") or {}
+    for key, value in (("study.storage", study.get("storage")), ("tracking.uri", tracking.get("uri"))):
+        if isinstance(value, str) and absolute_sqlite(value) != value:
+            quoted = absolute_sqlite(value).replace("\\", "\\\\").replace("'", "\\'")
+            out.append(f"{key}='{quoted}'")
+    return out
 
 
 def sweep_settings(config: Any) -> Mapping[str, Any]:
@@ -72,3 +99,46 @@ def sweep_settings(config: Any) -> Mapping[str, Any]:
     uri = tracking.get("uri") or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
     return {"sweep": str(name), "uri": str(uri),
             "experiment": str(tracking.get("experiment") or "vaesweep")}
+
+
+# -- the parent run's description (MLflow's note), written when a sweep ends -----------------
+def _number(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def study_note(study: Any, names: Sequence[str], n_trials: int) -> str:
+    """A short markdown summary of an Optuna study for the parent run's description: trials
+    by state, and the best trial (or the Pareto set) with its params, values and MLflow run.
+    ``vaesweep report`` replaces it with the report's answer."""
+    from collections import Counter
+
+    from vaesweep.sweep.best import best_trials
+    states = Counter(t.state.name for t in study.trials)
+    dirs = [d.name.lower() for d in study.directions]
+    lines = [f"**Sweep `{study.study_name}`** (Optuna): "
+             f"{states.get('COMPLETE', 0)} of {n_trials} trials complete"
+             + "".join(f", {n} {s}" for s, n in sorted(states.items()) if s != "COMPLETE") + ".",
+             "", "Objectives: " + ", ".join(f"{n} ({d})" for n, d in zip(names, dirs)) + "."]
+    best = best_trials(study)
+    if best:
+        title = "Best trial" if len(dirs) == 1 else f"Pareto set ({len(best)} trials)"
+        params = sorted({k for t in best for k in t.params})
+        lines += ["", f"{title}:", "",
+                  "| trial | " + " | ".join([*params, *names]) + " | MLflow run |",
+                  "|---" * (len(params) + len(names) + 2) + "|"]
+        for t in sorted(best, key=lambda t: t.number):
+            cells = [str(t.number), *(_number(t.params.get(k, "")) for k in params),
+                     *(_number(v) for v in t.values), str(t.user_attrs.get("mlflow_run_id", ""))]
+            lines.append("| " + " | ".join(cells) + " |")
+    else:
+        lines += ["", "No trial has finished."]
+    lines += ["", f"_Written when the sweep ended; `vaesweep report {study.study_name}` "
+                  "replaces it with the report's answer._"]
+    return "\n".join(lines)
+
+
+def grid_note(sweep: str, jobs: int, failed: int) -> str:
+    """The parent run's description after a grid (Hydra's basic sweeper)."""
+    return (f"**Sweep `{sweep}`** (grid): {jobs - failed} of {jobs} jobs finished"
+            + (f", {failed} failed" if failed else "") + f".\n\n_Written when the sweep ended; "
+            f"`vaesweep report {sweep}` replaces it with the report's answer._")

@@ -25,6 +25,11 @@ TAG_SWEEP, TAG_TRIAL, TAG_COMMIT, TAG_PARENT = (
 #: the shape (C,H,W) of the run's images: N = C·H·W places the ELBO's weight, beta_norm = M/N
 TAG_DATA_SHAPE = "vaesweep.data_shape"
 MAX_PARAM = 6000  # MLflow's limit on a param value's length
+#: MLflow 3's experiment kind: a model-training experiment opens on the runs table (without the
+#: tag the UI guesses, and files runs with no traces under GenAI "Evaluations")
+TAG_EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+#: what MLflow's UI shows in a run's Source column: the command that made it
+SOURCE_NAME = "vaesweep"
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -143,16 +148,37 @@ def check_store(uri: str, key: tuple[str, str] = TRACKING, timeout: float = 10.0
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:
-    """The id of experiment ``name``, created if missing (by whichever worker comes first)."""
+    """The id of experiment ``name``, created if missing (by whichever worker comes first),
+    tagged as a model-training experiment (:data:`TAG_EXPERIMENT_KIND`) unless it has a kind."""
     exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    try:
-        return client.create_experiment(name)
-    except Exception as e:
-        if getattr(e, "error_code", None) != "RESOURCE_ALREADY_EXISTS":
-            raise
-        return client.get_experiment_by_name(name).experiment_id
+    if exp is None:
+        try:
+            return client.create_experiment(name, tags={TAG_EXPERIMENT_KIND: MODEL_TRAINING})
+        except Exception as e:
+            if getattr(e, "error_code", None) != "RESOURCE_ALREADY_EXISTS":
+                raise
+            exp = client.get_experiment_by_name(name)
+    if TAG_EXPERIMENT_KIND not in exp.tags:  # made by hand or by an older vaesweep
+        client.set_experiment_tag(exp.experiment_id, TAG_EXPERIMENT_KIND, MODEL_TRAINING)
+    return exp.experiment_id
+
+
+def source_tags() -> dict[str, str]:
+    """MLflow's own source tags (the UI's Source column and commit): the ``vaesweep`` command,
+    run locally, at this checkout's git commit (when it is one). Set explicitly: MLflow would
+    take ``sys.argv[0]``, which in a launcher's worker is the launcher's own script."""
+    from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE
+    tags = {MLFLOW_SOURCE_NAME: SOURCE_NAME, MLFLOW_SOURCE_TYPE: "LOCAL"}
+    commit = git_commit()
+    if commit:
+        tags[MLFLOW_GIT_COMMIT] = commit
+    return tags
+
+
+def set_note(client: MlflowClient, run_id: str, markdown: str) -> None:
+    """The run's description in MLflow's UI (``mlflow.note.content``, markdown)."""
+    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
+    client.set_tag(run_id, MLFLOW_RUN_NOTE, markdown)
 
 
 class Interrupted(BaseException):
@@ -172,7 +198,8 @@ class TrackedRun:
             self.client = MlflowClient(tracking_uri=uri)
             if run_id is None:
                 exp_id = experiment_id(self.client, experiment)
-                tags = {**owner(), **{k: str(v) for k, v in (tags or {}).items() if v is not None}}
+                tags = {**owner(), **source_tags(),
+                        **{k: str(v) for k, v in (tags or {}).items() if v is not None}}
                 run = self.client.create_run(exp_id, tags=tags, run_name=run_name)
             else:
                 run = self.client.get_run(run_id)
@@ -184,7 +211,7 @@ class TrackedRun:
                     self.client.set_tag(run_id, "vaesweep.previous_error",
                                         run.data.tags[TAG_ERROR])
                     self.client.delete_tag(run_id, TAG_ERROR)
-                for k, v in {**owner(), **(tags or {})}.items():
+                for k, v in {**owner(), **source_tags(), **(tags or {})}.items():
                     self.client.set_tag(run_id, k, str(v))
                 self.client.update_run(run_id, status="RUNNING")
         except Exception as e:
