@@ -21,7 +21,7 @@ from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 import vaesweep.resolvers  # noqa: F401  (resolvers the configs use)
 from vaesweep.errors import ConfigError, number
 from vaesweep.module import OPTIMIZERS, VAEModule
-from vaesweep.names import METRIC_NAMES, is_metric_name
+from vaesweep.names import METRIC_NAMES, TEST_METRICS, is_metric_name
 from vaesweep.tracking import (TAG_COMMIT, TAG_PARENT, TAG_SWEEP, TAG_TRIAL, TrackedRun,
                                flatten, git_commit)
 from vaesweep.tracking.run import check_store
@@ -79,6 +79,56 @@ def check_job(c: Mapping[str, Any]) -> None:
     if "://" not in uri and not uri.startswith("databricks"):
         raise ConfigError("tracking.uri", uri, "an MLflow tracking URI such as sqlite:///mlflow.db, "
                           "postgresql://..., http://host:port")
+    prune_on = (c.get("study") or {}).get("prune_on")
+    if prune_on is not None and not (str(prune_on).startswith("val/") and is_metric_name(str(prune_on))):
+        raise ConfigError("study.prune_on", prune_on, "null or a val/* metric name (reported at "
+                          "each validation): " + ", ".join(VAL_NAMES) + ", val/kl_dim_<j>")
+    from vaesweep.metrics.evaluate import resolve_settings
+    resolve_settings(c.get("metrics"))  # checked now, not after training
+
+
+#: the metrics a job reports at each validation (what a pruner can read)
+VAL_NAMES = tuple(n for n in METRIC_NAMES if n.startswith("val/"))
+#: test/* names computed by the evaluation, and the ``metrics.enabled`` entry that computes each
+EVALUATED = {f"test/{m}": ("dci" if m.startswith("dci_") else m) for m in TEST_METRICS}
+
+
+def check_objectives(c: Mapping[str, Any], imageset: Any, module: VAEModule) -> None:
+    """Every objective (and ``study.prune_on``) names a metric this job will produce, given
+    its data, model, validation and ``metrics.enabled``: a sweep whose objective is never
+    logged would fail every trial with a NaN objective, or prune nothing."""
+    from vaesweep.metrics.evaluate import FACTOR_METRICS, LABEL_METRICS, resolve_settings
+    enabled = set(resolve_settings(c.get("metrics"))["enabled"])
+    names = c.get("objective") or []
+    names = [("objective", str(n)) for n in ([names] if isinstance(names, str) else names)]
+    if (c.get("study") or {}).get("prune_on"):
+        names.append(("study.prune_on", str(c["study"]["prune_on"])))
+    data = (c.get("data") or {}).get("name")
+    for key, name in names:
+        need = ""
+        if name in EVALUATED:
+            source = EVALUATED[name]
+            if source not in enabled:
+                need = (f"metrics.enabled to include {source} (it is "
+                        f"{sorted(enabled) if enabled else 'false'})")
+            elif source in FACTOR_METRICS and getattr(imageset, "factors", None) is None:
+                need = (f"data with ground-truth factors, such as data=dsprites (data {data!r} "
+                        "has none)")
+            elif source in LABEL_METRICS and getattr(imageset, "labels", None) is None:
+                need = f"data with class labels (data {data!r} has none)"
+        elif name.startswith("val/"):
+            limit = (c.get("trainer") or {}).get("limit_val_batches")
+            if limit is not None and float(limit) == 0:
+                need = f"validation, which trainer.limit_val_batches={limit} turns off"
+            elif name == "val/sigma" and module.head.sigma() is None:
+                need = f"a likelihood head with a sigma (likelihood {c['likelihood'].get('name')!r} has none)"
+            elif name == "val/implied_sigma" and module.head.implied_sigma(1.0) is None:
+                need = (f"a likelihood head that implies a sigma (likelihood "
+                        f"{c['likelihood'].get('name')!r} does not)")
+            elif name.startswith("val/kl_dim_") and int(name.rsplit("_", 1)[1]) >= module.latent_dim:
+                need = f"a latent index below model.latent_dim={module.latent_dim}"
+        if need:
+            raise ConfigError(key, name, "a metric this job produces", f"{name} needs {need}")
 
 
 def objectives(c: Mapping[str, Any], metrics: Mapping[str, float]) -> float | list[float]:
@@ -503,11 +553,11 @@ class RunIdFile(Callback):
         self.path.write_text(self.run_id)
 
 
-def prepare(cfg: DictConfig | Mapping[str, Any], out: Path | None
+def prepare(cfg: DictConfig | Mapping[str, Any], out: Path | None, sweep: bool = False
             ) -> tuple[dict[str, Any], Any, VAEModule, Path | None]:
     """Everything a job checks before it trains: the config, the data, the model, the
-    checkpoint to resume from (``out``: the run's folder, None when unknown) and the tracking
-    store. Raises a VaesweepError naming the key at the first bad value."""
+    checkpoint to resume from (``out``: the run's folder, None when unknown), the tracking
+    store, and in a sweep (``sweep``, or a job with a parent run) the objectives. Raises a VaesweepError naming the key at the first bad value."""
     from vaesweep.data import VAEDataModule
     c = resolve(cfg)
     check_job(c)
@@ -519,6 +569,8 @@ def prepare(cfg: DictConfig | Mapping[str, Any], out: Path | None
         ckpt = resolve_ckpt(c.get("ckpt_path"), out or Path.cwd())
         if ckpt is not None:
             check_checkpoint(ckpt, c.get("ckpt_path"), module)
+    if (c.get("study") or {}).get("parent_run_id") or sweep:  # a sweep's job: its objectives
+        check_objectives(c, dm.imageset, module)
     check_store(str(c["tracking"]["uri"]))  # last: it may create the store's tables
     return c, dm, module, ckpt
 
@@ -527,7 +579,7 @@ def validate_job(cfg: DictConfig | Mapping[str, Any]) -> None:
     """Checks a job's config as :func:`run_job` would, without training or tracking (the
     sweepers check their first job before they touch a study; ``ckpt_path=last`` is in each
     job's own folder, checked by the job)."""
-    prepare(cfg, None)
+    prepare(cfg, None, sweep=True)
 
 
 # -- the job --------------------------------------------------------------------------------
