@@ -39,6 +39,12 @@ def main(args: list[str]) -> tuple[int, str]:
     """``vaesweep ARGS`` in this process: (exit code, stderr). The stores default to absolute
     paths in the working directory: MLflow caches a store per URI for the life of the process,
     and a cached relative ``sqlite:///mlflow.db`` would stay in an earlier test's folder."""
+    code, _, err = main_out(args)
+    return code, err
+
+
+def main_out(args: list[str]) -> tuple[int, str, str]:
+    """:func:`main`, with what the run printed on stdout too (Hydra's console log)."""
     from hydra.core.global_hydra import GlobalHydra
 
     from vaesweep.cli import main as cli_main
@@ -49,15 +55,15 @@ def main(args: list[str]) -> tuple[int, str]:
                          (("tracking.uri", "mlflow.db"), ("study.storage", "optuna.db"))
                          if k not in keys]]
     GlobalHydra.instance().clear()
-    err = io.StringIO()
+    err, out = io.StringIO(), io.StringIO()
     code = 0
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
         try:
             cli_main(list(args))
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else 1
     GlobalHydra.instance().clear()
-    return code, err.getvalue()
+    return code, out.getvalue(), err.getvalue()
 
 
 # -- the state that must not change ---------------------------------------------------------

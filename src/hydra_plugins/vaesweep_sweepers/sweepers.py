@@ -82,6 +82,21 @@ def fail_stale_trials(study: optuna.Study) -> list[int]:
     return failed
 
 
+def fail_unfinished(study: optuna.Study, trials: Sequence[optuna.Trial], e: BaseException) -> None:
+    """Marks FAIL, with the reason, the ``trials`` still RUNNING when their launch ended in
+    ``e`` (the user stopped the sweep), so that the study holds no live-looking trial."""
+    reason = (f"interrupted by {e.signal_name}" if hasattr(e, "signal_name") else
+              "interrupted by SIGINT" if isinstance(e, KeyboardInterrupt) else
+              f"{type(e).__name__}: {e}"[:2000])
+    for t in trials:
+        try:
+            if study._storage.get_trial(t._trial_id).state == optuna.trial.TrialState.RUNNING:
+                study._storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)
+                study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        except Exception as err:  # the storage itself failed: the next start marks them stale
+            log.error("Could not mark trial %d FAIL: %s", t.number, err)
+
+
 def ask_owned(study: optuna.Study, owner_attrs: dict) -> optuna.Trial:
     """``study.ask()``, but the trial is created RUNNING with its owner (host, pid) in one
     transaction: a sweep killed between asking and tagging would otherwise leave a RUNNING
@@ -383,7 +398,11 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
             trials = [ask_owned(study, me) for _ in range(min(to_go, self.n_jobs))]
             overrides = self._configure_trials(trials, space, fixed, fixed_overrides)
             self.launcher.per_job = [[f"study.trial={t.number}"] for t in trials]
-            returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
+            try:
+                returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
+            except BaseException as e:  # Ctrl-C, SIGTERM: the trials end with the sweep
+                fail_unfinished(study, trials, e)
+                raise
             self.job_idx += len(returns)
             for trial, ret in zip(trials, returns):
                 ok = self._tell(study, trial, ret, directions)
