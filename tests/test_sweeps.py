@@ -247,3 +247,32 @@ def test_reproduce_from_the_file_best_writes_compares_with_the_original_run(tmp_
     assert code == 0, err
     assert f" of {run_id}:" in out and "no original run" not in out, out
     assert out.strip().endswith("identical"), out
+
+
+# -- debug=smoke: any run or study in seconds (issue 15) ----------------------------------------
+@pytest.mark.parametrize("name", SWEEPS)
+def test_debug_smoke_wins_over_every_named_study(name):
+    from vaesweep.cli import debug_last
+    args = debug_last(["debug=smoke", f"+sweep={name}"])  # the order a user may type
+    assert args == [f"+sweep={name}", "+debug=smoke"]
+    c = OmegaConf.to_container(compose(args), resolve=False)
+    assert c["trainer"]["max_steps"] == 6 and c["data"]["subset"] == 512
+    assert c["tracking"]["experiment"] == "vaesweep-debug"
+    assert c["study"]["storage"] == "sqlite:///debug_optuna.db"
+    assert c["study"]["name"] == name  # the study keeps its name, in its own storage
+
+
+@pytest.mark.slow
+def test_debug_smoke_turns_quick_into_a_smoke_study(tmp_path):
+    res = run_cli(["-m", "debug=smoke", "+sweep=quick", "hydra.sweeper.n_trials=1", "threads=1"],
+                  tmp_path, env={"OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert not (tmp_path / "optuna.db").exists(), "a smoke study must not touch the real one"
+    study = optuna.load_study(study_name="quick", storage=f"sqlite:///{tmp_path}/debug_optuna.db")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"]
+    runs = search_runs(f"sqlite:///{tmp_path}/mlflow.db", "vaesweep-debug")
+    child = next(r for r in runs if r.data.tags.get("vaesweep.trial") == "0")
+    assert child.data.params["trainer.max_steps"] == "6"
+    assert child.data.params["data.subset"] == "512"
+    assert "test/mig" in child.data.metrics  # every metric of quick's preset still runs
+    assert not search_runs(f"sqlite:///{tmp_path}/mlflow.db", "vaesweep")

@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> Any:
             raise
     if argv and argv[0] == "sweep":
         argv = sweep_argv(argv[1:])
-    sys.argv = [sys.argv[0], *argv]
+    sys.argv = [sys.argv[0], *debug_last(argv)]
     from vaesweep.tracking.run import Interrupted
     try:
         return hydra_main()
@@ -158,6 +158,17 @@ def main(argv: list[str] | None = None) -> Any:
         if verbose():
             raise
         interrupted(e)
+
+
+def debug_last(args: list[str]) -> list[str]:
+    """``debug=NAME`` (or ``+debug=NAME``) anywhere on the command line becomes ``+debug=NAME``
+    at its end: Hydra applies appended groups in command-line order, after the primary
+    config's defaults, so the debug preset comes after ``+sweep=...`` and its values win
+    (``conf/debug/``, as lightning-hydra-template's debug group, which is last in its defaults)."""
+    picked = [a for a in args if a.split("=", 1)[0].lstrip("+") == "debug" and "=" in a]
+    if not picked:
+        return list(args)
+    return [a for a in args if a not in picked] + ["+debug=" + picked[-1].split("=", 1)[1]]
 
 
 def sweep_argv(args: list[str]) -> list[str]:
