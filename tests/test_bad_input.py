@@ -239,6 +239,13 @@ CASES = [
      ["hydra.sweeper.n_jobs=2", "hydra/launcher=joblib"], 2),
     ("metrics setting checked before training", ["metrics.mig_bins=1"],
      ["metrics.mig_bins=1", "whole number in [2, inf]"], 2),
+    # counts that int() or Lightning would have truncated or misread (issue 15)
+    ("max_steps not whole", ["trainer.max_steps=6.5"], ["trainer.max_steps=6.5", "whole number"], 2),
+    ("log_every_n_steps not whole", ["trainer.log_every_n_steps=2.5"],
+     ["trainer.log_every_n_steps=2.5", "whole number in [1, inf]"], 2),
+    ("val_check_interval float above 1", ["trainer.val_check_interval=2.5"],
+     ["trainer.val_check_interval=2.5", "a fraction of an epoch in (0, 1]"], 2),
+    ("n_images not whole", ["tracking.n_images=2.5"], ["tracking.n_images=2.5", "whole number in [1, inf]"], 2),
 ]
 
 

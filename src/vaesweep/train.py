@@ -70,6 +70,8 @@ def check_job(c: Mapping[str, Any]) -> None:
         if key not in accepted and key not in FAST_PATH:
             raise ConfigError(f"trainer.{key}", c["trainer"][key], "a lightning.Trainer argument")
     check_fast_path(c.get("trainer", {}))
+    check_trainer_numbers(c.get("trainer", {}))
+    number("tracking.n_images", (c.get("tracking") or {}).get("n_images", 8), 1, integer=True)
     optim = c.get("optim") or {}
     if optim.get("name") not in OPTIMIZERS:
         raise ConfigError("optim.name", optim.get("name"), sorted(OPTIMIZERS))
@@ -129,6 +131,37 @@ def check_objectives(c: Mapping[str, Any], imageset: Any, module: VAEModule) -> 
                 need = f"a latent index below model.latent_dim={module.latent_dim}"
         if need:
             raise ConfigError(key, name, "a metric this job produces", f"{name} needs {need}")
+
+
+#: Trainer arguments that count (steps, epochs, batches), with their least value; Lightning
+#: would take 6.5 steps, and ``int()`` here would make log_every_n_steps=2.5 into 2
+TRAINER_COUNTS = {"max_steps": -1, "min_steps": 0, "max_epochs": -1, "min_epochs": 0,
+                  "log_every_n_steps": 1, "check_val_every_n_epoch": 1,
+                  "accumulate_grad_batches": 1, "num_sanity_val_steps": -1}
+#: Trainer arguments that are a count of batches (int) or a fraction of an epoch (float)
+TRAINER_FRACTIONS = ("limit_train_batches", "limit_val_batches", "limit_test_batches",
+                     "limit_predict_batches", "val_check_interval")
+
+
+def check_trainer_numbers(trainer: Mapping[str, Any]) -> None:
+    """Counts are whole numbers; batch limits and ``val_check_interval`` are a whole number
+    of batches or a fraction in [0, 1] (Lightning's meaning of a float), checked before the
+    run starts rather than inside it."""
+    for key, lo in TRAINER_COUNTS.items():
+        if trainer.get(key) is not None:
+            number(f"trainer.{key}", trainer[key], lo, integer=True)
+    for key in TRAINER_FRACTIONS:
+        value = trainer.get(key)
+        if value is None or isinstance(value, (str, Mapping)):  # a time, for val_check_interval
+            continue
+        lo = 1 if key == "val_check_interval" else 0
+        allowed = (f"a whole number of batches (>= {lo}) or a fraction of an epoch in "
+                   f"{'(0' if lo else '[0'}, 1]")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"trainer.{key}", value, allowed)
+        ok = (value >= lo) if isinstance(value, int) else (0 < value <= 1 if lo else 0 <= value <= 1)
+        if not ok:
+            raise ConfigError(f"trainer.{key}", value, allowed)
 
 
 def objectives(c: Mapping[str, Any], metrics: Mapping[str, float]) -> float | list[float]:
