@@ -226,7 +226,9 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
                  custom_search_space: Any = None) -> None:
         super().__init__(*args)
         self.pruner = pruner
-        self.max_failures_in_a_row = int(max_failures_in_a_row or 0)
+        self._max_failures_in_a_row = max_failures_in_a_row  # checked in sweep(), not cast
+        self.max_failures_in_a_row = (int(max_failures_in_a_row or 0)
+                                      if isinstance(max_failures_in_a_row, int) else 0)
         self.custom_search_space_extender = custom_search_space
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
@@ -246,10 +248,10 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
                               f"direction in hydra.sweeper.direction={directions}")
         self._process_searchspace_config()
         space, fixed, fixed_overrides = self._search_space(arguments)
+        self._check_optuna_settings(directions, space, fixed, fixed_overrides)
         self._check_first_job([f"{k}={representative(d)}" for k, d in space.items()]
                               + [f"{k}={v}" for k, v in fixed.items()] + list(fixed_overrides),
                               swept=list(space))
-        self._check_optuna_settings(directions, space, fixed, fixed_overrides)
         self._check_storage()
         self._check_tracking()
         study = self._load_study(directions, names)
@@ -267,8 +269,21 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
         import copy
         import warnings
 
-        from vaesweep.errors import ConfigError
+        from vaesweep.errors import ConfigError, number
+        for d in directions:
+            if str(d).lower() not in ("minimize", "maximize"):
+                raise ConfigError("hydra.sweeper.direction", list(directions),
+                                  "a list of minimize or maximize, one per objective")
+        number("hydra.sweeper.n_trials", self.n_trials, 1, integer=True)
+        number("hydra.sweeper.n_jobs", self.n_jobs, 1, integer=True)
+        if self._max_failures_in_a_row is not None:  # null: never stop
+            number("hydra.sweeper.max_failures_in_a_row", self._max_failures_in_a_row, 0,
+                   integer=True)
         pruner = self.pruner
+        prune_on = (self.config.get("study") or {}).get("prune_on")
+        if prune_on and (pruner is None or isinstance(pruner, optuna.pruners.NopPruner)):
+            log.warning("study.prune_on=%s is set but hydra.sweeper.pruner is not: nothing will "
+                        "be pruned", prune_on)
         if pruner is not None and not isinstance(pruner, optuna.pruners.NopPruner):
             name = type(pruner).__name__
             if len(directions) > 1:
@@ -510,6 +525,9 @@ class VaesweepOptunaSweeper(Sweeper):
                  n_trials: int, n_jobs: int, max_failure_rate: float,
                  custom_search_space: Any, params: Any, pruner: Any = None,
                  max_failures_in_a_row: int = 0) -> None:
+        from vaesweep.errors import number
+        with user_errors():  # the stock sweeper asserts it, with a traceback
+            number("hydra.sweeper.max_failure_rate", max_failure_rate, 0, 1)
         sampler = _instantiate("hydra.sweeper.sampler", sampler, SAMPLER_WHITELIST)
         pruner = (_instantiate("hydra.sweeper.pruner", pruner, PRUNER_WHITELIST)
                   if pruner else optuna.pruners.NopPruner())
