@@ -590,7 +590,7 @@ def prepare(cfg: DictConfig | Mapping[str, Any], out: Path | None, sweep: bool =
             ) -> tuple[dict[str, Any], Any, VAEModule, Path | None]:
     """Everything a job checks before it trains: the config, the data, the model, the
     checkpoint to resume from (``out``: the run's folder, None when unknown), the tracking
-    store, and in a sweep (``sweep``, or a job with a parent run) the objectives. Raises a VaesweepError naming the key at the first bad value."""
+    store, and the objectives of an Optuna trial (``sweep``, or ``study.trial`` set). Raises a VaesweepError naming the key at the first bad value."""
     from vaesweep.data import VAEDataModule
     c = resolve(cfg)
     check_job(c)
@@ -602,17 +602,18 @@ def prepare(cfg: DictConfig | Mapping[str, Any], out: Path | None, sweep: bool =
         ckpt = resolve_ckpt(c.get("ckpt_path"), out or Path.cwd())
         if ckpt is not None:
             check_checkpoint(ckpt, c.get("ckpt_path"), module)
-    if (c.get("study") or {}).get("parent_run_id") or sweep:  # a sweep's job: its objectives
+    if (c.get("study") or {}).get("trial") is not None or sweep:  # an Optuna trial: objectives
         check_objectives(c, dm.imageset, module)
     check_store(str(c["tracking"]["uri"]))  # last: it may create the store's tables
     return c, dm, module, ckpt
 
 
-def validate_job(cfg: DictConfig | Mapping[str, Any]) -> None:
+def validate_job(cfg: DictConfig | Mapping[str, Any], objectives: bool = False) -> None:
     """Checks a job's config as :func:`run_job` would, without training or tracking (the
     sweepers check their first job before they touch a study; ``ckpt_path=last`` is in each
-    job's own folder, checked by the job)."""
-    prepare(cfg, None, sweep=True)
+    job's own folder, checked by the job). ``objectives``: also that the job produces the
+    metrics named by ``objective`` and ``study.prune_on`` (an Optuna study reads them)."""
+    prepare(cfg, None, sweep=objectives)
 
 
 # -- the job --------------------------------------------------------------------------------

@@ -159,6 +159,8 @@ class _ParentMixin:
 
     config: DictConfig
     launcher: Any
+    #: whether the sweep reads the jobs' objectives (Optuna does; a grid does not)
+    reads_objectives = False
 
     def _wrap_launcher(self) -> None:
         from vaesweep.sweep.parent import InjectingLauncher
@@ -199,7 +201,7 @@ class _ParentMixin:
             del cfg["hydra"]
         self._check_sweep_settings()
         try:
-            validate_job(cfg)
+            validate_job(cfg, objectives=self.reads_objectives)
         except VaesweepError as e:
             if getattr(e, "key", None) in swept:
                 log.warning("A value of the swept key %s is invalid; those trials will fail: %s",
@@ -222,6 +224,8 @@ class _ParentMixin:
 
 # -- Optuna ----------------------------------------------------------------------------------
 class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
+    reads_objectives = True
+
     def __init__(self, *args: Any, pruner: Any = None, max_failures_in_a_row: int = 0,
                  custom_search_space: Any = None) -> None:
         super().__init__(*args)
