@@ -15,6 +15,11 @@ from omegaconf import OmegaConf
 
 from conftest import ROOT, compose, run_cli, search_runs
 
+# imported now, not inside a test: Lightning, torch and torchmetrics give their loggers a
+# console handler bound to sys.stderr at import, which inside a test is that test's capture,
+# closed when it ends (later tests' records would then fail on it)
+import vaesweep.train  # noqa: E402,F401
+
 SWEEPS = sorted(p.stem for p in (ROOT / "sweeps").glob("*.yaml"))
 # the quick study on a tiny budget: smoke trainer, a small subset, fast metrics
 # (keys, not `trainer=smoke`: a sweep file's own trainer values override a group choice)
@@ -178,11 +183,20 @@ def test_rerunning_a_finished_study_says_so_writes_its_summary_and_stays_finishe
 
 
 def _cli(args, capsys) -> tuple[int, str, str]:
+    """A subcommand in this process. Logging handlers it adds (``report`` configures the root
+    logger) are taken off again: they write to this test's captured stderr, which is closed
+    once the test ends, and later tests' log records would fail on it."""
+    import logging
+
     from vaesweep.cli import main
+    root = logging.getLogger()
+    handlers = list(root.handlers)
     try:
         code = main(list(args)) or 0
     except SystemExit as e:
         code = e.code
+    finally:
+        root.handlers[:] = handlers
     out = capsys.readouterr()
     return code, out.out, out.err
 

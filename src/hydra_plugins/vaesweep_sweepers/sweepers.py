@@ -295,7 +295,7 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
                                   f"study (direction={list(directions)}): pruning needs a "
                                   "single-objective study")
             limit = (self.config.get("trainer") or {}).get("limit_val_batches")
-            if limit is not None and float(limit) == 0:
+            if isinstance(limit, (int, float)) and not isinstance(limit, bool) and limit == 0:
                 raise ConfigError("trainer.limit_val_batches", limit, "more than 0 with a pruner "
                                   f"({name} reads study.prune_on at each validation)")
         self._build_grid_sampler(space)
