@@ -48,7 +48,6 @@ def verbose() -> bool:
 def _traceback_to_log_file(e: BaseException) -> str | None:
     """Writes ``e``'s traceback to the job's log file only (Hydra's file handler), not to the
     console; returns the file's path, or None when there is none."""
-    import logging.handlers  # noqa: F401
     files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
     if not files:
         return None
@@ -71,13 +70,20 @@ def run_failure(e: BaseException) -> VaesweepError | None:
     return err
 
 
+def is_stop(e: BaseException) -> bool:
+    """Whether ``e`` is the user stopping the job: Ctrl-C, or SIGINT/SIGTERM inside a run
+    (``tracking.run.Interrupted``, looked up only if that module was loaded: mlflow is slow
+    to import, and ``--help`` does not need it)."""
+    run = sys.modules.get("vaesweep.tracking.run")
+    return isinstance(e, KeyboardInterrupt) or (run is not None and isinstance(e, run.Interrupted))
+
+
 def interrupted(e: BaseException) -> NoReturn:
     """The user stopped the job (Ctrl-C, SIGTERM): one line naming the signal and the MLflow
     runs marked KILLED, and the shell's exit code for that signal."""
     import signal as signals
 
-    from vaesweep.tracking.run import Interrupted
-    if isinstance(e, Interrupted):
+    if hasattr(e, "killed_runs"):  # tracking.run.Interrupted
         name, signum, runs = e.signal_name, e.signum, e.killed_runs
     else:  # a KeyboardInterrupt outside any run
         name, signum, runs = "SIGINT", int(signals.SIGINT), []
@@ -144,20 +150,18 @@ def main(argv: list[str] | None = None) -> Any:
             print(f"vaesweep {argv[0]}: error: {e}", file=sys.stderr)
             raise SystemExit(e.exit_code) from None
         except BaseException as e:
-            from vaesweep.tracking.run import Interrupted
-            if isinstance(e, (KeyboardInterrupt, Interrupted)) and not verbose():
+            if is_stop(e) and not verbose():
                 interrupted(e)
             raise
     if argv and argv[0] == "sweep":
         argv = sweep_argv(argv[1:])
     sys.argv = [sys.argv[0], *debug_last(argv)]
-    from vaesweep.tracking.run import Interrupted
     try:
         return hydra_main()
-    except (Interrupted, KeyboardInterrupt) as e:
-        if verbose():
-            raise
-        interrupted(e)
+    except BaseException as e:
+        if is_stop(e) and not verbose():
+            interrupted(e)
+        raise
 
 
 def debug_last(args: list[str]) -> list[str]:
