@@ -291,3 +291,17 @@ def test_debug_smoke_turns_quick_into_a_smoke_study(tmp_path):
     assert child.data.params["data.subset"] == "512"
     assert "test/mig" in child.data.metrics  # every metric of quick's preset still runs
     assert not search_runs(f"sqlite:///{tmp_path}/mlflow.db", "vaesweep")
+
+
+def test_parallel_launchers_are_told_from_the_basic_one():
+    """On the launchers' real configs: hydra.sweeper.n_jobs > 1 is refused only on the basic
+    launcher, which runs one job at a time."""
+    from hydra import compose as hcompose, initialize_config_dir
+
+    from conftest import CONF
+    from hydra_plugins.vaesweep_sweepers.sweepers import is_parallel_launcher
+    for group, parallel in (("basic", False), ("joblib", True), ("submitit_local", True)):
+        with initialize_config_dir(config_dir=str(CONF), job_name="test"):
+            cfg = hcompose(config_name="config", overrides=[f"hydra/launcher={group}"],
+                           return_hydra_config=True)
+        assert is_parallel_launcher(cfg.hydra.launcher) is parallel, group
