@@ -26,6 +26,12 @@ BASE = ["trainer=smoke", "data.subset=64", "data.batch_size=16", "metrics.enable
         "threads=1"]
 SWEEP = ["-m", "+sweep=quick", "trainer.max_steps=2", "data.subset=64", "data.batch_size=16",
          "metrics.enabled=false", "threads=1", "hydra.sweeper.n_trials=1"]
+# a single-objective study of its own (the template study has two objectives)
+SINGLE = ["study.name=single", "objective=[test/distortion]", "hydra.sweeper.direction=[minimize]"]
+# an Optuna sweep of its own, on the command line (`quick` sets QMC-only sampler keys)
+OPTUNA = ["-m", "hydra/sweeper=vaesweep_optuna", "study.name=other", "hydra.sweeper.study_name=other",
+          "objective=[test/distortion,test/rate]", "hydra.sweeper.direction=[minimize,minimize]",
+          "kl.beta_norm=interval(0.001,1)", *SWEEP[2:]]
 CLOSED_PORT = 9  # discard: nothing listens there, a connection is refused at once
 
 
@@ -33,6 +39,12 @@ def main(args: list[str]) -> tuple[int, str]:
     """``vaesweep ARGS`` in this process: (exit code, stderr). The stores default to absolute
     paths in the working directory: MLflow caches a store per URI for the life of the process,
     and a cached relative ``sqlite:///mlflow.db`` would stay in an earlier test's folder."""
+    code, _, err = main_out(args)
+    return code, err
+
+
+def main_out(args: list[str]) -> tuple[int, str, str]:
+    """:func:`main`, with what the run printed on stdout too (Hydra's console log)."""
     from hydra.core.global_hydra import GlobalHydra
 
     from vaesweep.cli import main as cli_main
@@ -43,15 +55,15 @@ def main(args: list[str]) -> tuple[int, str]:
                          (("tracking.uri", "mlflow.db"), ("study.storage", "optuna.db"))
                          if k not in keys]]
     GlobalHydra.instance().clear()
-    err = io.StringIO()
+    err, out = io.StringIO(), io.StringIO()
     code = 0
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
         try:
             cli_main(list(args))
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else 1
     GlobalHydra.instance().clear()
-    return code, err.getvalue()
+    return code, out.getvalue(), err.getvalue()
 
 
 # -- the state that must not change ---------------------------------------------------------
@@ -189,12 +201,57 @@ CASES = [
      ["hydra.sweeper.storage='optuna.db'", "sqlite:///optuna.db"], 2),
     ("sweep: unreachable storage", [*SWEEP, f"study.storage=postgresql://u@127.0.0.1:{CLOSED_PORT}/db"],
      ["hydra.sweeper.storage='postgresql://u@127.0.0.1:9/db'", "reachable database", "Connection refused"], 2),
-    ("sweep: resumed with other objectives", [*SWEEP, "objective=[test/mse,test/rate]"],
+    ("sweep: resumed with other objectives",
+     [*SWEEP, "metrics.enabled=[mse]", "objective=[test/mse,test/rate]"],
      ["objective=['test/mse', 'test/rate']", "['test/distortion', 'test/rate']"], 2),
     ("sweep: resumed with other directions", [*SWEEP, "hydra.sweeper.direction=[maximize,minimize]"],
      ["hydra.sweeper.direction=['maximize', 'minimize']", "['minimize', 'minimize']"], 2),
     ("sweep: objectives and directions disagree", [*SWEEP, "objective=[test/rate]"],
      ["objective=['test/rate']", "2 metric name(s)"], 2),
+    # settings that cannot work together (issue 15): refused on the sweep's first job
+    ("prune_on typo", ["study.prune_on=val/distortoin"],
+     ["study.prune_on='val/distortoin'", "val/distortion, val/rate"], 2),
+    ("sweep: prune_on typo", [*SWEEP, "study.prune_on=val/distortoin"],
+     ["study.prune_on='val/distortoin'", "val/distortion, val/rate"], 2),
+    ("sweep: prune_on not a val metric", [*SWEEP, "study.prune_on=test/distortion"],
+     ["study.prune_on='test/distortion'", "a val/* metric name"], 2),
+    ("sweep: pruner on a multi-objective study",
+     [*SWEEP, "+hydra.sweeper.pruner._target_=optuna.pruners.MedianPruner"],
+     ["hydra.sweeper.pruner='MedianPruner'", "pruning needs a single-objective study"], 2),
+    ("sweep: pruner without validation",
+     [*SWEEP, *SINGLE, "+hydra.sweeper.pruner._target_=optuna.pruners.MedianPruner",
+      "trainer.limit_val_batches=0"], ["trainer.limit_val_batches=0", "MedianPruner reads"], 2),
+    ("sweep: objective needs factors the data lacks",
+     [*SWEEP, "study.name=other", "data=digits", "model=mlp", "metrics.enabled=[mig]",
+      "objective=[test/mig,test/rate]"], ["objective='test/mig'", "ground-truth factors"], 2),
+    ("sweep: objective not evaluated", [*SWEEP, "study.name=other", "objective=[test/iwae_nll,test/rate]"],
+     ["objective='test/iwae_nll'", "metrics.enabled to include iwae_nll"], 2),
+    ("sweep: objective the head lacks", [*SWEEP, "study.name=other", "objective=[val/sigma,test/rate]"],
+     ["objective='val/sigma'", "a likelihood head with a sigma"], 2),
+    ("sweep: val objective without validation",
+     [*SWEEP, *SINGLE, "objective=[val/distortion]", "trainer.limit_val_batches=0"],
+     ["objective='val/distortion'", "validation, which trainer.limit_val_batches=0 turns off"], 2),
+    ("sweep: sampler that cannot do multi-objective", [*OPTUNA, "hydra/sweeper/sampler=cmaes"],
+     ["hydra.sweeper.sampler='CmaEsSampler'", "direction=['minimize', 'minimize']"], 2),
+    ("sweep: grid sampler over an interval", [*OPTUNA, "hydra/sweeper/sampler=grid"],
+     ["hydra.sweeper.sampler='GridSampler'", "discrete", "choice(...)"], 2),
+    ("sweep: direction typo", [*SWEEP, "study.name=other", "hydra.sweeper.direction=[minimise,minimize]"],
+     ["hydra.sweeper.direction=['minimise', 'minimize']", "minimize or maximize"], 2),
+    ("sweep: no trials", [*SWEEP, "hydra.sweeper.n_trials=0"],
+     ["hydra.sweeper.n_trials=0", "whole number in [1, inf]"], 2),
+    ("sweep: failure rate above 1", [*SWEEP, "hydra.sweeper.max_failure_rate=2"],
+     ["hydra.sweeper.max_failure_rate=2", "[0, 1]"], 2),
+    ("sweep: parallel trials on the basic launcher", [*SWEEP, "hydra.sweeper.n_jobs=2"],
+     ["hydra.sweeper.n_jobs=2", "hydra/launcher=joblib"], 2),
+    ("metrics setting checked before training", ["metrics.mig_bins=1"],
+     ["metrics.mig_bins=1", "whole number in [2, inf]"], 2),
+    # counts that int() or Lightning would have truncated or misread (issue 15)
+    ("max_steps not whole", ["trainer.max_steps=6.5"], ["trainer.max_steps=6.5", "whole number"], 2),
+    ("log_every_n_steps not whole", ["trainer.log_every_n_steps=2.5"],
+     ["trainer.log_every_n_steps=2.5", "whole number in [1, inf]"], 2),
+    ("val_check_interval float above 1", ["trainer.val_check_interval=2.5"],
+     ["trainer.val_check_interval=2.5", "a fraction of an epoch in (0, 1]"], 2),
+    ("n_images not whole", ["tracking.n_images=2.5"], ["tracking.n_images=2.5", "whole number in [1, inf]"], 2),
 ]
 
 

@@ -679,3 +679,21 @@ def test_datamodule_builds_from_the_config_alone():
 def test_datamodule_config_errors_name_the_key(small_dsprites, override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         VAEDataModule({"name": "dsprites", **override}, small_dsprites)
+
+
+# -- no silent truncation of factors, labels or indices (issue 15) --------------------------------
+def test_imageset_refuses_factor_values_labels_and_indices_that_are_not_whole():
+    from vaesweep.data.base import ImageSet
+    images = torch.zeros(4, 1, 2, 2)
+    with pytest.raises(ValueError, match=r"toy: factors must be integer factor classes.*non-integer values in column\(s\) 0"):
+        ImageSet("toy", images, (1, 2, 2), codec="float32", factors=[[0.5], [1.0], [1.5], [2.0]],
+                 factor_sizes=[3])
+    with pytest.raises(ValueError, match="toy: labels must be integer class labels"):
+        ImageSet("toy", images, (1, 2, 2), codec="float32", labels=[0.1, 0.2, 0.3, 0.4])
+    ok = ImageSet("toy", images, (1, 2, 2), codec="float32", labels=np.array([0.0, 1.0, 2.0, 3.0]))
+    assert ok.labels.dtype == np.int64 and ok.labels.tolist() == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="image indices must be integer"):
+        ok.batch(np.array([0.5, 1.5]))
+    with pytest.raises(ValueError, match="image indices must be integers"):
+        ok.batch(torch.tensor([0.5]))
+    assert ok.batch([0, 1]).shape == (2, 1, 2, 2)

@@ -320,3 +320,58 @@ def test_scores_on_dsprites_renders():
     assert fv > 0.5 and bv > 0.7 and m > 0.35, results
     fv, bv, m = results["noise"]
     assert fv < 0.35 and bv < 0.35 and m < 0.05, results
+
+
+# -- factor values are not factor classes (issue 15: no silent truncation) ----------------------
+def _values_and_classes(n=4000):
+    """The issue's example: dSprites-like scale (0.5..1) and orientation (0..2π) values."""
+    rng = np.random.default_rng(0)
+    s, o = rng.integers(6, size=n), rng.integers(40, size=n)
+    values = np.stack([0.5 + 0.1 * s, o * 2 * np.pi / 39], 1)
+    classes = np.stack([s, o], 1)
+    codes = np.stack([values[:, 0] + 0.01 * rng.normal(size=n),
+                      values[:, 1] + 0.01 * rng.normal(size=n), rng.normal(size=n)], 1)
+    return codes, values, classes
+
+
+SCORES = {
+    "mig": lambda c, f: mig(c, f),
+    "sap": lambda c, f: sap(c[:3000], f[:3000], c[3000:], f[3000:]),
+    "dci": lambda c, f: dci(c[:3000], f[:3000], c[3000:], f[3000:]),
+}
+
+
+@pytest.mark.parametrize("score", SCORES, ids=list(SCORES))
+def test_factor_values_are_refused_with_what_was_given_and_what_to_do(score):
+    codes, values, classes = _values_and_classes()
+    SCORES[score](codes, classes)  # classes: fine
+    with pytest.raises(ValueError) as e:
+        SCORES[score](codes, values)
+    msg = str(e.value)
+    for words in ("integer factor classes", "non-integer values in column(s) 0, 1",
+                  "latents_classes, not latents_values", "histogram_discretize"):
+        assert words in msg, msg
+
+
+def test_whole_float_factors_and_discretised_values_are_accepted():
+    from vaesweep.metrics import histogram_discretize
+    codes, values, classes = _values_and_classes()
+    assert mig(codes, classes.astype(np.float64)) == mig(codes, classes)  # 1.0, 2.0, ... as read from a CSV
+    assert 0 < mig(codes, histogram_discretize(values, num_bins=40)) <= 1
+
+
+def test_factor_values_are_refused_by_the_sampling_scores_and_the_probes():
+    from vaesweep.metrics import linear_probe_acc
+
+    class ValuesData(ToyData):  # a FactorData that hands out values, not classes
+        def sample_factors(self, n, rng):
+            return super().sample_factors(n, rng) + 0.5
+
+    data = ValuesData()
+    with pytest.raises(ValueError, match="data.sample_factors\\(\\) must be integer factor classes"):
+        factorvae_score(perfect(data), data, 0, **FV_SAMPLING)
+    with pytest.raises(ValueError, match="data.sample_factors\\(\\) must be integer factor classes"):
+        betavae_score(perfect(data), data, 0, **SAMPLING)
+    codes = np.random.default_rng(0).normal(size=(20, 2))
+    with pytest.raises(ValueError, match="train labels must be integer class labels"):
+        linear_probe_acc(codes, np.linspace(0, 1, 20), codes, np.arange(20) % 2)

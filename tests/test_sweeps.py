@@ -15,6 +15,11 @@ from omegaconf import OmegaConf
 
 from conftest import ROOT, compose, run_cli, search_runs
 
+# imported now, not inside a test: Lightning, torch and torchmetrics give their loggers a
+# console handler bound to sys.stderr at import, which inside a test is that test's capture,
+# closed when it ends (later tests' records would then fail on it)
+import vaesweep.train  # noqa: E402,F401
+
 SWEEPS = sorted(p.stem for p in (ROOT / "sweeps").glob("*.yaml"))
 # the quick study on a tiny budget: smoke trainer, a small subset, fast metrics
 # (keys, not `trainer=smoke`: a sweep file's own trainer values override a group choice)
@@ -151,3 +156,156 @@ def test_a_trial_is_born_with_its_owner_so_a_killed_sweep_leaves_no_anonymous_tr
     assert states == {t.number: optuna.trial.TrialState.FAIL,
                       alive.number: optuna.trial.TrialState.RUNNING}
     assert "died" in study.trials[t.number].user_attrs["fail_reason"]
+
+
+# -- the zero-work path of every command (issue 15) --------------------------------------------
+DONE = ["-m", "+sweep=quick", "data=digits", "model=mlp", "data.subset=null", "study.name=done_t",
+        "trainer.max_steps=6", "trainer.val_check_interval=3", "metrics=fast",
+        "metrics.enabled=[active_units]", "tracking.log_checkpoint=false", "threads=1",
+        "hydra.sweeper.n_trials=1"]
+
+
+@pytest.mark.slow
+def test_rerunning_a_finished_study_says_so_writes_its_summary_and_stays_finished(tmp_path):
+    first = run_cli([*DONE, "hydra.sweep.dir=multirun/first"], tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = run_cli([*DONE, "hydra.sweep.dir=multirun/again"], tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    out = again.stdout + again.stderr
+    assert "already has its 1 finished trials" in out, out[-3000:]
+    assert "Traceback" not in out
+    study = optuna.load_study(study_name="done_t", storage=f"sqlite:///{tmp_path}/optuna.db")
+    assert len(study.trials) == 1  # nothing ran
+    summary = OmegaConf.load(tmp_path / "multirun/again/optimization_results.yaml")
+    assert summary.study == "done_t" and summary.best[0].trial == 0
+    _, parents = _children(tmp_path)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+
+
+def _cli(args, capsys) -> tuple[int, str, str]:
+    """A subcommand in this process. Logging handlers it adds (``report`` configures the root
+    logger) are taken off again: they write to this test's captured stderr, which is closed
+    once the test ends, and later tests' log records would fail on it."""
+    import logging
+
+    from vaesweep.cli import main
+    root = logging.getLogger()
+    handlers = list(root.handlers)
+    try:
+        code = main(list(args)) or 0
+    except SystemExit as e:
+        code = e.code
+    finally:
+        root.handlers[:] = handlers
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_best_on_a_study_with_no_trials_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    optuna.create_study(study_name="empty", storage=f"sqlite:///{tmp_path}/optuna.db")
+    code, out, err = _cli(["best", "empty"], capsys)
+    assert code == 2, err
+    assert err.strip().count("\n") == 0 and "sweep='empty' is invalid" in err
+    assert "has no trials yet" in err and "vaesweep -m +sweep=empty" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["optuna.db"]
+
+
+def test_read_commands_create_no_store(tmp_path, monkeypatch, capsys):
+    """`best` and `reproduce` in a folder without stores: one error, and no empty optuna.db or
+    mlflow.db left behind (a read must not write)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # MLflow sets it in-process
+    code, _, err = _cli(["best", "quick"], capsys)
+    assert code == 2 and "--storage='sqlite:///optuna.db'" in err and "does not exist" in err, err
+    code, _, err = _cli(["reproduce", "0123456789abcdef0123456789abcdef"], capsys)
+    assert code == 2 and "--tracking-uri='sqlite:///mlflow.db'" in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_report_over_zero_complete_runs_says_so(tmp_path, capsys):
+    """A sweep whose every run failed: the report is written and says there is nothing to
+    plot, exit 0."""
+    from mlflow.tracking import MlflowClient
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("vaesweep", artifact_location=str(tmp_path / "mlruns"))
+    parent = client.create_run(exp, tags={"vaesweep.role": "parent", "vaesweep.sweep": "dead"})
+    child = client.create_run(exp, tags={"vaesweep.sweep": "dead", "vaesweep.trial": "0",
+                                         "mlflow.parentRunId": parent.info.run_id})
+    client.set_terminated(child.info.run_id, "FAILED")
+    client.set_terminated(parent.info.run_id, "FINISHED")
+    code, out, err = _cli(["report", "dead", "--tracking-uri", uri, "--no-log",
+                           "--out", str(tmp_path / "rep"), "--storage", "", "-q"], capsys)
+    assert code == 0, err
+    assert "Traceback" not in err
+    answer = (tmp_path / "rep" / "answer.md").read_text()
+    assert "0 of 1 runs complete** (1 failed)" in answer, answer
+    assert (tmp_path / "rep" / "report.html").is_file() and (tmp_path / "rep" / "report.md").is_file()
+
+
+@pytest.mark.slow
+def test_reproduce_from_the_file_best_writes_compares_with_the_original_run(tmp_path, monkeypatch, capsys):
+    from vaesweep.train import run_job
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("VAESWEEP_DATA", str(tmp_path / "data"))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = compose(["data=digits", "model=mlp", "trainer=smoke", "metrics.enabled=false",
+                   "tracking.log_checkpoint=false", "threads=1", f"tracking.uri={uri}"])
+    run_id = run_job(cfg)["_run_id"]
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path}/optuna.db")
+    study.add_trial(optuna.trial.create_trial(
+        params={}, distributions={}, value=1.0, user_attrs={"mlflow_run_id": run_id}))
+    code, out, err = _cli(["best", "s", "--tracking-uri", uri], capsys)
+    assert code == 0, err
+    code, out, err = _cli(["reproduce", "best_s.yaml", "--tracking-uri", uri], capsys)
+    assert code == 0, err
+    assert f" of {run_id}:" in out and "no original run" not in out, out
+    assert out.strip().endswith("identical"), out
+
+
+# -- debug=smoke: any run or study in seconds (issue 15) ----------------------------------------
+@pytest.mark.parametrize("name", SWEEPS)
+def test_debug_smoke_wins_over_every_named_study(name):
+    from vaesweep.cli import debug_last
+    args = debug_last(["debug=smoke", f"+sweep={name}"])  # the order a user may type
+    assert args == [f"+sweep={name}", "+debug=smoke"]
+    c = OmegaConf.to_container(compose(args), resolve=False)
+    assert c["trainer"]["max_steps"] == 6 and c["data"]["subset"] == 512
+    assert c["tracking"]["experiment"] == "vaesweep-debug"
+    assert c["study"]["storage"] == "sqlite:///debug_optuna.db"
+    assert c["study"]["name"] == name  # the study keeps its name, in its own storage
+    # the evaluation is the smoke preset, and the params say so (not the study's preset name
+    # over smoke-sized values)
+    assert c["metrics"]["preset"] == "smoke"
+    assert c["metrics"]["iwae_points"] == compose(["trainer=smoke"])["metrics"]["iwae_points"]
+
+
+@pytest.mark.slow
+def test_debug_smoke_turns_quick_into_a_smoke_study(tmp_path):
+    res = run_cli(["-m", "debug=smoke", "+sweep=quick", "hydra.sweeper.n_trials=1", "threads=1"],
+                  tmp_path, env={"OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert not (tmp_path / "optuna.db").exists(), "a smoke study must not touch the real one"
+    study = optuna.load_study(study_name="quick", storage=f"sqlite:///{tmp_path}/debug_optuna.db")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"]
+    runs = search_runs(f"sqlite:///{tmp_path}/mlflow.db", "vaesweep-debug")
+    child = next(r for r in runs if r.data.tags.get("vaesweep.trial") == "0")
+    assert child.data.params["trainer.max_steps"] == "6"
+    assert child.data.params["data.subset"] == "512"
+    assert "test/mig" in child.data.metrics  # every metric of quick's preset still runs
+    assert not search_runs(f"sqlite:///{tmp_path}/mlflow.db", "vaesweep")
+
+
+def test_parallel_launchers_are_told_from_the_basic_one():
+    """On the launchers' real configs: hydra.sweeper.n_jobs > 1 is refused only on the basic
+    launcher, which runs one job at a time."""
+    from hydra import compose as hcompose, initialize_config_dir
+
+    from conftest import CONF
+    from hydra_plugins.vaesweep_sweepers.sweepers import is_parallel_launcher
+    for group, parallel in (("basic", False), ("joblib", True), ("submitit_local", True)):
+        with initialize_config_dir(config_dir=str(CONF), job_name="test"):
+            cfg = hcompose(config_name="config", overrides=[f"hydra/launcher={group}"],
+                           return_hydra_config=True)
+        assert is_parallel_launcher(cfg.hydra.launcher) is parallel, group

@@ -55,6 +55,60 @@ def fail(e: VaesweepError) -> NoReturn:
     raise SystemExit(e.exit_code) from None
 
 
+def verbose() -> bool:
+    """``VAESWEEP_VERBOSE=1``: a failed run shows its Python traceback, not one line."""
+    return os.environ.get("VAESWEEP_VERBOSE", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _traceback_to_log_file(e: BaseException) -> str | None:
+    """Writes ``e``'s traceback to the job's log file only (Hydra's file handler), not to the
+    console; returns the file's path, or None when there is none."""
+    files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    if not files:
+        return None
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "the run failed:", (),
+                            (type(e), e, e.__traceback__))
+    for h in files:
+        h.handle(record)
+    return files[0].baseFilename
+
+
+def run_failure(e: BaseException) -> VaesweepError | None:
+    """A run that failed on its numbers (a non-finite loss) as one clear line, with the
+    traceback kept in the log file; None for other failures."""
+    if not (isinstance(e, FloatingPointError) and str(e).startswith("non-finite loss")):
+        return None
+    where = _traceback_to_log_file(e)
+    err = VaesweepError(f"the run stopped: {e}; the traceback is in "
+                        f"{where or 'the job log'} (or set VAESWEEP_VERBOSE=1)")
+    err.exit_code = 1
+    return err
+
+
+def is_stop(e: BaseException) -> bool:
+    """Whether ``e`` is the user stopping the job: Ctrl-C, or SIGINT/SIGTERM inside a run
+    (``tracking.run.Interrupted``, looked up only if that module was loaded: mlflow is slow
+    to import, and ``--help`` does not need it)."""
+    run = sys.modules.get("vaesweep.tracking.run")
+    return isinstance(e, KeyboardInterrupt) or (run is not None and isinstance(e, run.Interrupted))
+
+
+def interrupted(e: BaseException) -> NoReturn:
+    """The user stopped the job (Ctrl-C, SIGTERM): one line naming the signal and the MLflow
+    runs marked KILLED, and the shell's exit code for that signal."""
+    import signal as signals
+
+    if hasattr(e, "killed_runs"):  # tracking.run.Interrupted
+        name, signum, runs = e.signal_name, e.signum, e.killed_runs
+    else:  # a KeyboardInterrupt outside any run
+        name, signum, runs = "SIGINT", int(signals.SIGINT), []
+    what = (f"MLflow run{'s' if len(runs) > 1 else ''} {', '.join(runs)} "
+            f"{'are' if len(runs) > 1 else 'is'} marked KILLED" if runs
+            else "no MLflow run had started")
+    print(f"vaesweep: interrupted by {name}: {what}", file=sys.stderr)
+    raise SystemExit(128 + signum) from None
+
+
 def _task(cfg: Any) -> Any:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -72,6 +126,9 @@ def _task(cfg: Any) -> Any:
         if HydraConfig.get().mode == RunMode.RUN and machine_fault(e):  # disk full, read-only
             fail(VaesweepError(f"the run stopped on a fault of the machine: "
                                f"{type(e).__name__}: {e}"[:1000]))
+        failure = run_failure(e) if HydraConfig.get().mode == RunMode.RUN and not verbose() else None
+        if failure is not None:
+            fail(failure)
         raise
     return objectives(cfg, metrics)
 
@@ -123,10 +180,30 @@ def main(argv: list[str] | None = None) -> Any:
         except VaesweepError as e:
             print(f"vaesweep {argv[0]}: error: {e}", file=sys.stderr)
             raise SystemExit(e.exit_code) from None
+        except BaseException as e:
+            if is_stop(e) and not verbose():
+                interrupted(e)
+            raise
     if argv and argv[0] == "sweep":
         argv = sweep_argv(argv[1:])
-    sys.argv = [sys.argv[0], *argv]
-    return hydra_main()
+    sys.argv = [sys.argv[0], *debug_last(argv)]
+    try:
+        return hydra_main()
+    except BaseException as e:
+        if is_stop(e) and not verbose():
+            interrupted(e)
+        raise
+
+
+def debug_last(args: list[str]) -> list[str]:
+    """``debug=NAME`` (or ``+debug=NAME``) anywhere on the command line becomes ``+debug=NAME``
+    at its end: Hydra applies appended groups in command-line order, after the primary
+    config's defaults, so the debug preset comes after ``+sweep=...`` and its values win
+    (``conf/debug/``, as lightning-hydra-template's debug group, which is last in its defaults)."""
+    picked = [a for a in args if a.split("=", 1)[0].lstrip("+") == "debug" and "=" in a]
+    if not picked:
+        return list(args)
+    return [a for a in args if a not in picked] + ["+debug=" + picked[-1].split("=", 1)[1]]
 
 
 def sweep_argv(args: list[str]) -> list[str]:

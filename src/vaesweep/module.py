@@ -125,7 +125,8 @@ class VAEModule(L.LightningModule):
     def _raise_non_finite(step: Any, loss: Any, distortion: Any, rate: Any, beta_eff: Any) -> None:
         raise FloatingPointError(
             f"non-finite loss at step {int(step)}: loss={float(loss)}, distortion={float(distortion)}, "
-            f"rate={float(rate)}, beta_eff={float(beta_eff)}")
+            f"rate={float(rate)}, beta_eff={float(beta_eff)} (lower optim.lr, or check that the "
+            "data's range suits the likelihood head, e.g. [0, 1] for bernoulli)")
 
     def _watch_finite(self, t: LossTerms) -> None:
         """Records, on the device and without waiting for it, the first step whose loss is

@@ -82,6 +82,21 @@ def fail_stale_trials(study: optuna.Study) -> list[int]:
     return failed
 
 
+def fail_unfinished(study: optuna.Study, trials: Sequence[optuna.Trial], e: BaseException) -> None:
+    """Marks FAIL, with the reason, the ``trials`` still RUNNING when their launch ended in
+    ``e`` (the user stopped the sweep), so that the study holds no live-looking trial."""
+    reason = (f"interrupted by {e.signal_name}" if hasattr(e, "signal_name") else
+              "interrupted by SIGINT" if isinstance(e, KeyboardInterrupt) else
+              f"{type(e).__name__}: {e}"[:2000])
+    for t in trials:
+        try:
+            if study._storage.get_trial(t._trial_id).state == optuna.trial.TrialState.RUNNING:
+                study._storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)
+                study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        except Exception as err:  # the storage itself failed: the next start marks them stale
+            log.error("Could not mark trial %d FAIL: %s", t.number, err)
+
+
 def ask_owned(study: optuna.Study, owner_attrs: dict) -> optuna.Trial:
     """``study.ask()``, but the trial is created RUNNING with its owner (host, pid) in one
     transaction: a sweep killed between asking and tagging would otherwise leave a RUNNING
@@ -116,6 +131,24 @@ def representative(dist: Any) -> Any:
     return int(round(mid)) if isinstance(dist, optuna.distributions.IntDistribution) else mid
 
 
+def job_value(ret: Any) -> Any:
+    """A launched job's return value, or its exception raised again, without Hydra's "Error
+    executing job with overrides" line on stderr (the sweepers say what became of the job:
+    a pruned trial is no crash)."""
+    from hydra.core.utils import JobStatus
+    if ret.status == JobStatus.FAILED and isinstance(getattr(ret, "_return_value", None),
+                                                    BaseException):
+        raise ret._return_value
+    return ret.return_value
+
+
+def is_parallel_launcher(launcher: Any) -> bool:
+    """Whether a Hydra launcher config runs the jobs of one batch at the same time (the basic
+    launcher runs them one after another)."""
+    target = str((launcher or {}).get("_target_", ""))
+    return bool(target) and not target.endswith("basic_launcher.BasicLauncher")
+
+
 def objective_names(config: DictConfig) -> list[str]:
     obj = config.get("objective") or []
     return [obj] if isinstance(obj, str) else [str(o) for o in obj]
@@ -126,6 +159,8 @@ class _ParentMixin:
 
     config: DictConfig
     launcher: Any
+    #: whether the sweep reads the jobs' objectives (Optuna does; a grid does not)
+    reads_objectives = False
 
     def _wrap_launcher(self) -> None:
         from vaesweep.sweep.parent import InjectingLauncher
@@ -164,8 +199,9 @@ class _ParentMixin:
         cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
         with open_dict(cfg):
             del cfg["hydra"]
+        self._check_sweep_settings()
         try:
-            validate_job(cfg)
+            validate_job(cfg, objectives=self.reads_objectives)
         except VaesweepError as e:
             if getattr(e, "key", None) in swept:
                 log.warning("A value of the swept key %s is invalid; those trials will fail: %s",
@@ -173,14 +209,30 @@ class _ParentMixin:
                 return
             raise
 
+    def _check_sweep_settings(self) -> None:
+        """Settings of the sweep that cannot work together with its launcher (the sweeper
+        subclasses add their own)."""
+        from vaesweep.errors import ConfigError
+        n_jobs = self.config.hydra.sweeper.get("n_jobs")
+        if n_jobs is not None and int(n_jobs) > 1 and not is_parallel_launcher(
+                self.config.hydra.get("launcher")):
+            raise ConfigError("hydra.sweeper.n_jobs", n_jobs, "1 with the basic launcher, which "
+                              "runs one job at a time", "for trials at once choose a parallel "
+                              "launcher: hydra/launcher=joblib hydra.launcher.n_jobs="
+                              f"{n_jobs}")
+
 
 # -- Optuna ----------------------------------------------------------------------------------
 class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
+    reads_objectives = True
+
     def __init__(self, *args: Any, pruner: Any = None, max_failures_in_a_row: int = 0,
                  custom_search_space: Any = None) -> None:
         super().__init__(*args)
         self.pruner = pruner
-        self.max_failures_in_a_row = int(max_failures_in_a_row or 0)
+        self._max_failures_in_a_row = max_failures_in_a_row  # checked in sweep(), not cast
+        self.max_failures_in_a_row = (int(max_failures_in_a_row or 0)
+                                      if isinstance(max_failures_in_a_row, int) else 0)
         self.custom_search_space_extender = custom_search_space
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
@@ -200,6 +252,7 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
                               f"direction in hydra.sweeper.direction={directions}")
         self._process_searchspace_config()
         space, fixed, fixed_overrides = self._search_space(arguments)
+        self._check_optuna_settings(directions, space, fixed, fixed_overrides)
         self._check_first_job([f"{k}={representative(d)}" for k, d in space.items()]
                               + [f"{k}={v}" for k, v in fixed.items()] + list(fixed_overrides),
                               swept=list(space))
@@ -211,11 +264,83 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
                 self.config, study_name, self.n_trials,
                 done=lambda: len(study.get_trials(deepcopy=False, states=FINISHED))):
             study.set_user_attr("mlflow_parent_run_id", parent.run_id)
+            self._say_if_done(study)
             self._optimize(study, arguments, directions, names)
             self._summarise(study, parent, names)
             from vaesweep.sweep.parent import study_note
             from vaesweep.tracking.run import set_note
             set_note(parent.client, parent.run_id, study_note(study, names, self.n_trials))
+
+    def _check_optuna_settings(self, directions: Sequence[str], space: dict, fixed: dict,
+                               fixed_overrides: list) -> None:
+        """The pruner and the sampler against the study's directions and search space, before
+        anything is written: Optuna itself finds these only inside the first trial (a pruner's
+        report in every trial of a multi-objective study; a sampler at the first ask)."""
+        import copy
+        import warnings
+
+        from vaesweep.errors import ConfigError, number
+        for d in directions:
+            if str(d).lower() not in ("minimize", "maximize"):
+                raise ConfigError("hydra.sweeper.direction", list(directions),
+                                  "a list of minimize or maximize, one per objective")
+        number("hydra.sweeper.n_trials", self.n_trials, 1, integer=True)
+        number("hydra.sweeper.n_jobs", self.n_jobs, 1, integer=True)
+        if self._max_failures_in_a_row is not None:  # null: never stop
+            number("hydra.sweeper.max_failures_in_a_row", self._max_failures_in_a_row, 0,
+                   integer=True)
+        pruner = self.pruner
+        prune_on = (self.config.get("study") or {}).get("prune_on")
+        if prune_on and (pruner is None or isinstance(pruner, optuna.pruners.NopPruner)):
+            log.warning("study.prune_on=%s is set but hydra.sweeper.pruner is not: nothing will "
+                        "be pruned", prune_on)
+        if pruner is not None and not isinstance(pruner, optuna.pruners.NopPruner):
+            name = type(pruner).__name__
+            if len(directions) > 1:
+                raise ConfigError("hydra.sweeper.pruner", name, "no pruner on a multi-objective "
+                                  f"study (direction={list(directions)}): pruning needs a "
+                                  "single-objective study")
+            limit = (self.config.get("trainer") or {}).get("limit_val_batches")
+            if isinstance(limit, (int, float)) and not isinstance(limit, bool) and limit == 0:
+                raise ConfigError("trainer.limit_val_batches", limit, "more than 0 with a pruner "
+                                  f"({name} reads study.prune_on at each validation)")
+        self._build_grid_sampler(space)
+        # one dry trial on a copy of the sampler, in memory: the sampler's own checks run
+        sampler = copy.deepcopy(self.sampler)
+        verbosity = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "study created in memory"
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                dry = optuna.create_study(directions=list(directions), sampler=sampler)
+                trial = dry.ask()
+                self._configure_trials([trial], space, fixed, fixed_overrides)
+                dry.tell(trial, [0.0] * len(directions))
+        except Exception as e:
+            raise ConfigError("hydra.sweeper.sampler", type(self.sampler).__name__,
+                              f"a sampler for this study (direction={list(directions)}, "
+                              f"params {sorted(space)})",
+                              f"{type(e).__name__}: {e}"[:300]) from None
+        finally:
+            optuna.logging.set_verbosity(verbosity)
+
+    def _build_grid_sampler(self, space: dict) -> None:
+        """``hydra/sweeper/sampler=grid`` is a partial GridSampler that needs the search space
+        (as the stock sweeper builds it): choices only, and n_trials at most the grid's size."""
+        import functools
+
+        from vaesweep.errors import ConfigError
+        if not (isinstance(self.sampler, functools.partial)
+                and self.sampler.func is optuna.samplers.GridSampler):
+            return
+        try:
+            grid = {k: self._to_grid_sampler_choices(d) for k, d in space.items()}
+            self.sampler = self.sampler(grid)
+        except (ValueError, TypeError) as e:
+            raise ConfigError("hydra.sweeper.sampler", "GridSampler", "a sampler for this search "
+                              f"space (params {sorted(space)})", f"{e} Sweep choice(...) or "
+                              "range(...) with the grid sampler") from None
+        self.n_trials = min(self.n_trials, math.prod(len(v) for v in grid.values()))
 
     def _check_storage(self) -> None:
         """The Optuna storage URL is well formed and its database answers (before anything is
@@ -274,6 +399,15 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
         name_objectives(study, names)
         return study
 
+    def _say_if_done(self, study: optuna.Study) -> None:
+        """A rerun of a finished study has nothing to run: it says so, and the sweep only
+        writes its summary again."""
+        done = len(study.get_trials(deepcopy=False, states=FINISHED))
+        if done >= self.n_trials:
+            log.info("[%s] the study already has its %d finished trials (hydra.sweeper.n_trials="
+                     "%d): nothing to run; raise n_trials to add more", study.study_name, done,
+                     self.n_trials)
+
     def _optimize(self, study: optuna.Study, arguments: list[str], directions: Sequence[str],
                   names: Sequence[str]) -> None:
         space, fixed, fixed_overrides = self._search_space(arguments)
@@ -291,7 +425,11 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
             trials = [ask_owned(study, me) for _ in range(min(to_go, self.n_jobs))]
             overrides = self._configure_trials(trials, space, fixed, fixed_overrides)
             self.launcher.per_job = [[f"study.trial={t.number}"] for t in trials]
-            returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
+            try:
+                returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
+            except BaseException as e:  # Ctrl-C, SIGTERM: the trials end with the sweep
+                fail_unfinished(study, trials, e)
+                raise
             self.job_idx += len(returns)
             for trial, ret in zip(trials, returns):
                 ok = self._tell(study, trial, ret, directions)
@@ -320,7 +458,7 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
               directions: Sequence[str]) -> bool:
         S = optuna.trial.TrialState
         try:
-            value = ret.return_value  # re-raises the job's exception
+            value = job_value(ret)  # re-raises the job's exception
             values = [float(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
             if len(values) != len(directions):
                 raise ValueError(f"the job returned {len(values)} value(s) for "
@@ -330,6 +468,7 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
                 raise FloatingPointError(f"non-finite objective value(s) {values}")
         except optuna.TrialPruned as e:
             study._storage.set_trial_user_attr(trial._trial_id, "pruned_reason", str(e))
+            log.info("[%s] trial %d %s", study.study_name, trial.number, e)
             study.tell(trial, state=S.PRUNED)
             return True
         except Exception as e:
@@ -384,8 +523,11 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
             except MlflowException:  # params are immutable: a resumed study found a new best
                 for k, v in params.items():
                     parent.client.set_tag(parent.run_id, f"vaesweep.{k}", str(v))
+        from pathlib import Path
+        folder = Path(self.config.hydra.sweep.dir)  # no job ran when the study was finished
+        folder.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(OmegaConf.create({"study": study.study_name, "best": rows}),
-                       f"{self.config.hydra.sweep.dir}/optimization_results.yaml")
+                       folder / "optimization_results.yaml")
 
 
 class VaesweepOptunaSweeper(Sweeper):
@@ -395,6 +537,9 @@ class VaesweepOptunaSweeper(Sweeper):
                  n_trials: int, n_jobs: int, max_failure_rate: float,
                  custom_search_space: Any, params: Any, pruner: Any = None,
                  max_failures_in_a_row: int = 0) -> None:
+        from vaesweep.errors import number
+        with user_errors():  # the stock sweeper asserts it, with a traceback
+            number("hydra.sweeper.max_failure_rate", max_failure_rate, 0, 1)
         sampler = _instantiate("hydra.sweeper.sampler", sampler, SAMPLER_WHITELIST)
         pruner = (_instantiate("hydra.sweeper.pruner", pruner, PRUNER_WHITELIST)
                   if pruner else optuna.pruners.NopPruner())
@@ -462,7 +607,7 @@ class VaesweepBasicSweeper(_ParentMixin, BasicSweeper):
                 results = self.launcher.launch(batch, initial_job_idx=idx)
                 for r, ov in zip(results, batch):
                     try:
-                        value = r.return_value
+                        value = job_value(r)
                         log.info("[%s] job %d of %d: %s -> %s", self.sweep_name, idx + 1,
                                  n_jobs, " ".join(ov), value)
                     except Exception as e:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from vaesweep.errors import ConfigError
+from vaesweep.integers import as_integers
 from vaesweep.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,8 @@ class ImageSet:
         if codec not in CODECS:
             raise ValueError(f"codec must be one of {CODECS}, got {codec!r}")
         self.name = name
-        self.shape: tuple[int, int, int] = tuple(int(s) for s in shape)  # type: ignore[assignment]
+        self.shape: tuple[int, int, int] = tuple(  # type: ignore[assignment]
+            int(v) for v in as_integers(shape, "shape", "(C, H, W) whole numbers").reshape(-1))
         if len(self.shape) != 3:
             raise ValueError(f"shape must be (C, H, W), got {self.shape}")
         data = torch.as_tensor(data)
@@ -96,10 +98,14 @@ class ImageSet:
         self._bits = _bit_table() if codec == "bits" else None
 
         self.factor_names = list(factor_names) if factor_names is not None else None
-        self.factor_sizes = [int(s) for s in factor_sizes] if factor_sizes is not None else None
+        self.factor_sizes = (as_integers(factor_sizes, f"{name}: factor_sizes", "whole numbers").tolist()
+                             if factor_sizes is not None else None)
         self.factor_grid = [np.asarray(g) for g in factor_grid] if factor_grid is not None else None
-        self.factors = None if factors is None else np.ascontiguousarray(factors, dtype=np.int64)
-        self.labels = None if labels is None else np.ascontiguousarray(labels, dtype=np.int64)
+        # classes, never truncated values (vaesweep.integers)
+        self.factors = None if factors is None else np.ascontiguousarray(as_integers(
+            factors, f"{name}: factors", "integer factor classes (images, factors)"))
+        self.labels = None if labels is None else np.ascontiguousarray(as_integers(
+            labels, f"{name}: labels", "integer class labels"))
         for what, arr in (("factors", self.factors), ("labels", self.labels)):
             if arr is not None and len(arr) != n:
                 raise ValueError(f"{name}: {what} has {len(arr)} rows for {n} images")
@@ -107,7 +113,8 @@ class ImageSet:
             raise ValueError(f"{name}: factors need factor_sizes with one size per column")
         self._renderer = renderer
         #: indices (into this set) of the dataset's official test split, if it has one
-        self.official_test = None if official_test is None else np.asarray(official_test, dtype=np.int64)
+        self.official_test = None if official_test is None else as_integers(
+            official_test, f"{name}: official_test", "integer image indices")
 
     # -- size and device -------------------------------------------------------------------
     def __len__(self) -> int:
@@ -138,9 +145,12 @@ class ImageSet:
     # -- batches ---------------------------------------------------------------------------
     def _index(self, idx: np.ndarray | torch.Tensor | Sequence[int]) -> torch.Tensor:
         if isinstance(idx, torch.Tensor):
+            if idx.is_floating_point():
+                raise ValueError(f"image indices must be integers, got a {idx.dtype} tensor")
             idx = idx.to(device=self.data.device, dtype=torch.int64)
         else:
-            idx = torch.as_tensor(np.asarray(idx, dtype=np.int64), device=self.data.device)
+            idx = torch.as_tensor(as_integers(idx, "image indices", "integer image indices"),
+                                  device=self.data.device)
         return idx
 
     def batch(self, idx: np.ndarray | torch.Tensor | Sequence[int]) -> torch.Tensor:

@@ -7,6 +7,18 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from vaesweep.integers import as_integers
+
+#: what the structure metrics say when given factor values instead of classes
+FACTOR_HINT = ("pass factor classes, not factor values (dSprites: latents_classes, not "
+               "latents_values), or discretise continuous factors first, e.g. "
+               "vaesweep.metrics.histogram_discretize(values, num_bins=20)")
+
+
+def as_factor_classes(factors: Any, what: str = "factors") -> np.ndarray:
+    """``factors`` as int64 factor classes; factor values (non-integers) raise ValueError."""
+    return as_integers(factors, what, "integer factor classes (points, factors)", FACTOR_HINT)
+
 
 class FactorData(Protocol):
     """What the sampling scores need from a dataset with ground-truth factors."""
@@ -29,9 +41,11 @@ def to_numpy(a: Any, dtype: Any = np.float64) -> np.ndarray:
 
 
 def check_codes_factors(codes: Any, factors: Any, what: str = "codes") -> tuple[np.ndarray, np.ndarray]:
-    """(points, latents) float64 codes and (points, factors) int64 factor classes, checked."""
+    """(points, latents) float64 codes and (points, factors) int64 factor classes, checked.
+    Raises ValueError on mismatched shapes, non-finite codes, and factors that are not whole
+    numbers (factor values instead of classes: they would be truncated)."""
     codes = to_numpy(codes)
-    factors = to_numpy(factors, dtype=np.int64)
+    factors = as_factor_classes(factors)
     if codes.ndim == 1:
         codes = codes[:, None]
     if factors.ndim == 1:
@@ -76,9 +90,9 @@ def codes_for_classes(represent: Represent, data: FactorData, classes: np.ndarra
     With a ``cache`` (a :class:`CodeCache` of the same ``represent`` and ``data``) the codes
     are looked up there, so images already represented by an earlier call are not again.
     """
+    classes = as_factor_classes(classes, "classes")
     if cache is not None:
         return cache(classes)
-    classes = np.asarray(classes, dtype=np.int64)
     n = len(classes)
     if n == 0:
         raise ValueError("no factor classes to represent")

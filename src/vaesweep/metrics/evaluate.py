@@ -60,6 +60,7 @@ import numpy as np
 import torch
 
 from vaesweep.errors import ConfigError, number
+from vaesweep.integers import as_integers
 from vaesweep.likelihood.gaussian_optimal import fix_sigma_for_evaluation
 from vaesweep.metrics._arrays import MAX_CACHED_CODES, CodeCache, codes_for_classes, to_numpy
 from vaesweep.metrics.disentanglement import betavae_score, dci, factorvae_score, mig, sap
@@ -227,7 +228,7 @@ def evaluate_model(module: Any, imageset: Any, test_idx: Any, cfg_metrics: Mappi
     out: dict[str, float] = {}
     if not enabled:
         return out
-    test_idx = np.asarray(to_numpy(test_idx, dtype=np.int64)).reshape(-1)
+    test_idx = as_integers(test_idx, "test_idx", "integer image indices").reshape(-1)
     if len(test_idx) == 0:
         raise ValueError("evaluate_model: test_idx is empty")
     device = _device(module)
@@ -296,7 +297,8 @@ def evaluate_model(module: Any, imageset: Any, test_idx: Any, cfg_metrics: Mappi
                 rng = rngs["linear_probe_acc"]
                 labels = to_numpy(imageset.labels, dtype=np.int64)
                 if train_idx is not None:
-                    tr = _choose(np.asarray(to_numpy(train_idx, dtype=np.int64)).reshape(-1), s["num_points"], rng)
+                    tr = _choose(as_integers(train_idx, "train_idx", "integer image indices").reshape(-1),
+                                 s["num_points"], rng)
                     te = _choose(test_idx, s["num_test_points"], rng)
                 else:  # train on two thirds of the test images, score on the rest
                     perm = rng.permutation(test_idx)

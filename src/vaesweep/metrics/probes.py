@@ -14,11 +14,13 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from vaesweep.integers import as_integers
 from vaesweep.metrics._arrays import to_numpy
 
 
 def _check(codes: Any, labels: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
-    codes, labels = to_numpy(codes), to_numpy(labels, dtype=np.int64).reshape(-1)
+    codes = to_numpy(codes)
+    labels = as_integers(labels, f"{what} labels", "integer class labels").reshape(-1)
     if codes.ndim == 1:
         codes = codes[:, None]
     if len(codes) != len(labels):

@@ -34,6 +34,14 @@ def summary_rows(study: optuna.Study, names: Sequence[str]) -> list[dict[str, An
 
 
 def load_study(name: str, storage: str) -> optuna.Study:
+    """Study ``name`` of ``storage``; a read: an SQLite file that is not there is an error,
+    not a new empty database."""
+    from vaesweep.tracking.run import sqlite_path
+    path = sqlite_path(storage)
+    if path is not None and not path.is_file():
+        raise ConfigError("--storage", storage, "an existing Optuna storage",
+                          f"{path} does not exist: run the sweep here first, e.g. "
+                          f"`vaesweep -m +sweep={name}`, or pass --storage")
     try:
         names = optuna.get_all_study_names(storage)
     except Exception as e:
@@ -55,6 +63,26 @@ def run_config(client: MlflowClient, run_id: str) -> Any:
         return OmegaConf.load(path)
 
 
+#: the line of a config file written by ``vaesweep best`` that names the run it came from
+RUN_LINE = "# mlflow_run_id: "
+
+
+def write_config(path: Path, cfg: Any, run_id: str, what: str) -> None:
+    """The resolved config, headed by comments naming the MLflow run it came from (read back
+    by ``vaesweep reproduce FILE`` to compare with that run)."""
+    path.write_text(f"# vaesweep best: {what}\n{RUN_LINE}{run_id}\n" + OmegaConf.to_yaml(cfg))
+
+
+def recorded_run(path: Path) -> str | None:
+    """The MLflow run id a config file written by ``vaesweep best`` records, if any."""
+    for line in path.read_text().splitlines():
+        if line.startswith(RUN_LINE):
+            return line[len(RUN_LINE):].strip() or None
+        if line and not line.startswith("#"):
+            return None
+    return None
+
+
 def best_main(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="vaesweep best", description=(
         "Print the best trial of a sweep's Optuna study (or its Pareto set), with its MLflow "
@@ -68,8 +96,13 @@ def best_main(argv: Sequence[str]) -> int:
     names = study.user_attrs.get("objectives") or [f"objective_{i}" for i in range(len(study.directions))]
     best = best_trials(study)
     if not best:
-        raise ConfigError("sweep", a.sweep, "a study with at least one COMPLETE trial")
-    client = MlflowClient(tracking_uri=a.tracking_uri)
+        states = {}
+        for t in study.get_trials(deepcopy=False):
+            states[t.state.name] = states.get(t.state.name, 0) + 1
+        have = ", ".join(f"{n} {k}" for k, n in sorted(states.items())) or "no trials"
+        raise ConfigError("sweep", a.sweep, "a study with at least one COMPLETE trial",
+                          f"study {a.sweep!r} has {have} yet: run or resume it with "
+                          f"`vaesweep -m +sweep={a.sweep}`")
     dirs = ", ".join(f"{n} ({d.name.lower()})" for n, d in zip(names, study.directions))
     print(f"study {study.study_name}: {len(study.trials)} trials; objectives {dirs}")
     print("best trial:" if len(best) == 1 else f"Pareto set ({len(best)} trials):")
@@ -81,12 +114,26 @@ def best_main(argv: Sequence[str]) -> int:
     first = best[0]
     run_id = first.user_attrs.get("mlflow_run_id")
     if run_id:
-        cfg = run_config(client, run_id)
+        from vaesweep.report.data import check_tracking_uri
+        check_tracking_uri(a.tracking_uri)  # a read: no new empty store (MlflowClient makes one)
+        cfg = run_config(MlflowClient(tracking_uri=a.tracking_uri), run_id)
         out = Path(a.out or f"best_{a.sweep}.yaml")
-        OmegaConf.save(cfg, out)
+        write_config(out, cfg, run_id, f"study {study.study_name}, trial {first.number}")
         print(f"wrote the resolved config of trial {first.number} to {out}"
               f"\n  re-run it with: vaesweep reproduce {run_id}   (or: vaesweep reproduce {out})")
     return 0
+
+
+def _has_run(uri: str, run_id: str) -> bool:
+    from vaesweep.tracking.run import sqlite_path
+    path = sqlite_path(uri)
+    if path is not None and not path.is_file():
+        return False
+    try:
+        MlflowClient(tracking_uri=uri).get_run(run_id)
+    except Exception:
+        return False
+    return True
 
 
 def reproduce_main(argv: Sequence[str]) -> int:
@@ -96,13 +143,18 @@ def reproduce_main(argv: Sequence[str]) -> int:
     p.add_argument("source", help="an MLflow run id, or a config YAML file")
     p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI)
     a = p.parse_args(list(argv))
-    client = MlflowClient(tracking_uri=a.tracking_uri)
+    from vaesweep.report.data import check_tracking_uri
     original: str | None = None
     if Path(a.source).is_file():
         cfg = OmegaConf.load(a.source)
-        original = None
+        original = recorded_run(Path(a.source))
+        if original is not None and not _has_run(a.tracking_uri, original):
+            print(f"(the original run {original} is not in {a.tracking_uri}: nothing to "
+                  "compare with; pass --tracking-uri)")
+            original = None
     else:
-        cfg = run_config(client, a.source)
+        check_tracking_uri(a.tracking_uri)  # a read: no new empty store (MlflowClient makes one)
+        cfg = run_config(MlflowClient(tracking_uri=a.tracking_uri), a.source)
         original = a.source
     # the reproduction is a run of its own, outside any sweep
     cfg.study.trial = None
@@ -115,7 +167,7 @@ def reproduce_main(argv: Sequence[str]) -> int:
     if original is None:
         print(f"reproduction run {new_id} (no original run to compare with)")
         return 0
-    old = client.get_run(original).data.metrics
+    old = MlflowClient(tracking_uri=a.tracking_uri).get_run(original).data.metrics
     print(f"reproduction run {new_id} of {original}:")
     print(f"  {'metric':32s} {'original':>14s} {'reproduced':>14s} {'difference':>12s}")
     differ = 0

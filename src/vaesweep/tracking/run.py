@@ -182,7 +182,26 @@ def set_note(client: MlflowClient, run_id: str, markdown: str) -> None:
 
 
 class Interrupted(BaseException):
-    """SIGTERM, turned into an exception so the run is marked KILLED on the way out."""
+    """SIGTERM or SIGINT (Ctrl-C), turned into an exception so the run is marked KILLED on the
+    way out. A BaseException, as KeyboardInterrupt: no ``except Exception`` swallows it. Each
+    :class:`TrackedRun` it passes through adds its run id to :attr:`killed_runs`."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = int(signum)
+        self.killed_runs: list[str] = []
+        super().__init__(f"signal {self.signum} ({self.signal_name})")
+
+    @property
+    def signal_name(self) -> str:
+        try:
+            return signal.Signals(self.signum).name
+        except ValueError:
+            return str(self.signum)
+
+
+#: the signals that stop a run (the user stopping it): KILLED, not FAILED. Ctrl-C is SIGINT;
+#: without this handler Lightning turns a KeyboardInterrupt into ``sys.exit(1)``, a FAILED run.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class TrackedRun:
@@ -221,20 +240,21 @@ class TrackedRun:
             raise store_error(uri, e) from None
         self.run_id = run.info.run_id
         self.experiment_id = run.info.experiment_id
-        self._old_term: Any = None
+        self._old_handlers: dict[int, Any] = {}
 
     def __enter__(self) -> "TrackedRun":
-        def on_term(signum: int, frame: Any) -> None:
-            raise Interrupted(f"signal {signum}")
+        def on_stop(signum: int, frame: Any) -> None:
+            raise Interrupted(signum)
         try:
-            self._old_term = signal.signal(signal.SIGTERM, on_term)
+            for sig in STOP_SIGNALS:
+                self._old_handlers[sig] = signal.signal(sig, on_stop)
         except ValueError:  # not the main thread (e.g. a joblib worker thread)
-            self._old_term = None
+            self._old_handlers = {}
         return self
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
-        if self._old_term is not None:
-            signal.signal(signal.SIGTERM, self._old_term)
+        for sig, handler in self._old_handlers.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
         if exc_type is None:
             status = "FINISHED"
         elif exc_type.__name__ == "TrialPruned":  # optuna's: stopped early on purpose
@@ -250,6 +270,8 @@ class TrackedRun:
                 self.client.set_tag(self.run_id, "vaesweep.error",
                                     f"{exc_type.__name__}: {exc}"[:5000])
             self.client.set_terminated(self.run_id, status)
+            if isinstance(exc, Interrupted):
+                exc.killed_runs.append(self.run_id)
         except Exception as e:  # the store itself failed (disk full, server gone)
             if exc is None:
                 raise store_error(self.uri, e) from None

@@ -23,7 +23,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from vaesweep.metrics._arrays import CodeCache, FactorData, Represent, codes_for_classes
+from vaesweep.metrics._arrays import (CodeCache, FactorData, Represent, as_factor_classes,
+                                     codes_for_classes)
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +33,10 @@ def _pair_batches(data: FactorData, num: int, batch_size: int,
                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     num_factors = len(data.factor_sizes)
     index = rng.integers(num_factors, size=num)
-    first = np.asarray(data.sample_factors(num * batch_size, rng), dtype=np.int64).reshape(num, batch_size, -1)
-    second = np.asarray(data.sample_factors(num * batch_size, rng), dtype=np.int64).reshape(num, batch_size, -1)
+    first = as_factor_classes(data.sample_factors(num * batch_size, rng),
+                              "data.sample_factors()").reshape(num, batch_size, -1)
+    second = as_factor_classes(data.sample_factors(num * batch_size, rng),
+                               "data.sample_factors()").reshape(num, batch_size, -1)
     rows = np.arange(num)
     second[rows, :, index] = first[rows, :, index]
     return index, first, second

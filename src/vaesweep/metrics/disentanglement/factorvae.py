@@ -17,7 +17,8 @@ import logging
 
 import numpy as np
 
-from vaesweep.metrics._arrays import CodeCache, FactorData, Represent, codes_for_classes
+from vaesweep.metrics._arrays import (CodeCache, FactorData, Represent, as_factor_classes,
+                                     codes_for_classes)
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ def _fixed_factor_batches(data: FactorData, num: int, batch_size: int,
     """(num,) chosen factor indices and (num, batch_size, F) classes sharing that factor."""
     num_factors = len(data.factor_sizes)
     index = rng.integers(num_factors, size=num)
-    classes = np.asarray(data.sample_factors(num * batch_size, rng), dtype=np.int64)
+    classes = as_factor_classes(data.sample_factors(num * batch_size, rng), "data.sample_factors()")
     classes = classes.reshape(num, batch_size, num_factors).copy()
     rows = np.arange(num)
     classes[rows, :, index] = classes[rows, 0, index][:, None]
@@ -63,7 +64,7 @@ def factorvae_score(represent: Represent, data: FactorData, seed: int, *, batch_
         raise ValueError(f"batch_size must be >= 2 (a variance), got {batch_size}")
     rng = np.random.default_rng(seed)
     num_factors = len(data.factor_sizes)
-    var_classes = np.asarray(data.sample_factors(num_variance_estimate, rng), dtype=np.int64)
+    var_classes = as_factor_classes(data.sample_factors(num_variance_estimate, rng), "data.sample_factors()")
     train_index, train_classes = _fixed_factor_batches(data, num_train, batch_size, rng)
     eval_index, eval_classes = _fixed_factor_batches(data, num_eval, batch_size, rng)
     all_classes = np.concatenate([var_classes, train_classes.reshape(-1, num_factors),
