@@ -75,11 +75,13 @@ class VAEModule(L.LightningModule):
               ) -> tuple[LossTerms, torch.Tensor]:
         """The loss terms of batch ``x`` (B, C, H, W) with one reparameterised sample
         z = mu + eps·sigma (Kingma & Welling 2014); ``eps`` is drawn from ``generator`` when
-        given (on the module's device), else from the global generator. Returns the terms
-        and the posterior means mu (B, M)."""
+        given (on the module's device), else, inside a validation or test, from its seeded
+        generator, else from the global generator. Returns the terms and the posterior
+        means mu (B, M)."""
         if self._channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         mu, logvar = self.encoder(x)
+        generator = generator if generator is not None else self._eval_noise
         eps = (torch.randn_like(mu) if generator is None else
                torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype))
         z = mu + eps * (0.5 * logvar).exp()
@@ -172,6 +174,12 @@ class VAEModule(L.LightningModule):
     def on_test_start(self) -> None:
         self._eval_noise = self._fresh_eval_noise()
 
+    def on_validation_end(self) -> None:
+        self._eval_noise = None  # training, and terms() called from outside, draw as before
+
+    def on_test_end(self) -> None:
+        self._eval_noise = None
+
     def _fresh_eval_noise(self) -> torch.Generator:
         """A generator on the module's device seeded with EVAL_NOISE_SEED: each validation
         (and the test) draws the same z noise for the same batches, and leaves the global
@@ -186,7 +194,7 @@ class VAEModule(L.LightningModule):
         self.kl.advance()  # schedules and controllers step on optimiser steps only
 
     def validation_step(self, x: torch.Tensor, batch_idx: int) -> None:
-        t, mu = self.terms(x, self._eval_noise)
+        t, mu = self.terms(x)
         self._val_mu.append(mu.detach())
         self._val_kl.append(t.kl_per_dim.detach().sum(0))
         self._log_terms("val", t, on_step=False)
@@ -210,7 +218,7 @@ class VAEModule(L.LightningModule):
         self.log_dict(metrics)
 
     def test_step(self, x: torch.Tensor, batch_idx: int) -> None:
-        t, _ = self.terms(x, self._eval_noise)
+        t, _ = self.terms(x)
         self._log_terms("test", t, on_step=False)
 
     def _log_terms(self, stage: str, t: LossTerms, on_step: bool) -> None:
