@@ -66,8 +66,11 @@ def _env(cwd: Path) -> dict:
 
 @pytest.mark.slow
 def test_quick_runs_is_killed_resumes_then_best_and_reproduce(tmp_path):
+    # the sampler's draws, not quick's design: after 6 steps the design's first points (one
+    # schedule, beta_norm rising) are one run dominating the others, and the Pareto set of
+    # `best` is the point here (the design's resume: test_a_designed_study_runs_...)
     cmd = [sys.executable, "-m", "vaesweep", "-m", "+sweep=quick", *TINY,
-           "hydra.sweeper.n_trials=4"]
+           "hydra.sweeper.n_trials=4", "hydra.sweeper.enqueue=null"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     # kill -9 once two trials have finished: mid-study, and most likely mid-trial
@@ -86,7 +89,8 @@ def test_quick_runs_is_killed_resumes_then_best_and_reproduce(tmp_path):
     before = _study(tmp_path).trials
     assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in before) < 4
 
-    res = run_cli(["-m", "+sweep=quick", *TINY, "hydra.sweeper.n_trials=4"], tmp_path)
+    res = run_cli(["-m", "+sweep=quick", *TINY, "hydra.sweeper.n_trials=4",
+                   "hydra.sweeper.enqueue=null"], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     study = _study(tmp_path)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -309,3 +313,69 @@ def test_parallel_launchers_are_told_from_the_basic_one():
             cfg = hcompose(config_name="config", overrides=[f"hydra/launcher={group}"],
                            return_hydra_config=True)
         assert is_parallel_launcher(cfg.hydra.launcher) is parallel, group
+
+
+# -- a designed study: hydra.sweeper.enqueue ----------------------------------------------------
+SPACE = {"kl.beta_norm": optuna.distributions.FloatDistribution(0.001, 1.0, log=True),
+         "kl/schedule": optuna.distributions.CategoricalDistribution(["constant", "linear"])}
+DESIGN = [{"kl.beta_norm": 0.01, "kl/schedule": "constant"},
+          {"kl.beta_norm": 0.1, "kl/schedule": "constant"},
+          {"kl.beta_norm": 0.01, "kl/schedule": "linear"}]
+
+
+def _run(study: optuna.Study, design, state=optuna.trial.TrialState.COMPLETE) -> dict:
+    """Asks one trial over SPACE as the sweeper does and ends it in ``state``: its params."""
+    from hydra_plugins.vaesweep_sweepers.sweepers import ask_owned
+    t = ask_owned(study, {}, design)
+    for k, d in SPACE.items():
+        t._suggest(k, d)
+    if state == optuna.trial.TrialState.COMPLETE:
+        study.tell(t, 1.0)
+    else:
+        study.tell(t, state=state)
+    return study.trials[t.number].params
+
+
+def test_a_designed_study_runs_its_points_first_and_a_resume_runs_only_the_missing():
+    from hydra_plugins.vaesweep_sweepers.sweepers import ask_owned, check_design
+    design = check_design(OmegaConf.create(DESIGN), SPACE)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    assert _run(study, design) == DESIGN[0]
+    assert _run(study, design, optuna.trial.TrialState.FAIL) == DESIGN[1]
+    # trials asked together (n_jobs > 1) get different points
+    a, b = ask_owned(study, {}, design), ask_owned(study, {}, design)
+    assert [study.trials[t.number].system_attrs["fixed_params"] for t in (a, b)] == [
+        DESIGN[1], DESIGN[2]]  # the failed point is run again
+    for t in (a, b):
+        for k, d in SPACE.items():
+            t._suggest(k, d)
+        study.tell(t, 1.0)
+    drawn = _run(study, design)  # past the design: the sampler's draw
+    assert drawn not in DESIGN and set(drawn) == set(SPACE)
+    # nothing is left waiting in the study for a worker
+    assert not study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+
+
+def test_a_design_point_outside_the_search_space_is_one_config_error():
+    from hydra_plugins.vaesweep_sweepers.sweepers import check_design
+    from vaesweep.errors import ConfigError
+    with pytest.raises(ConfigError, match=r"enqueue\[1\]\.kl\.beta_norm.*5\.0.*range"):
+        check_design([DESIGN[0], {"kl.beta_norm": 5.0, "kl/schedule": "constant"}], SPACE)
+    with pytest.raises(ConfigError, match=r"enqueue\[0\].*kl/schedule.*cosine"):
+        check_design([{"kl.beta_norm": 0.1, "kl/schedule": "cosine"}], SPACE)
+    with pytest.raises(ConfigError, match=r"enqueue\[0\].*every searched key"):
+        check_design([{"kl.beta_norm": 0.1}], SPACE)
+    # a key set on the command line is dropped from the points: the repeats become one
+    only = {"kl.beta_norm": SPACE["kl.beta_norm"]}
+    assert check_design(DESIGN, only, fixed=["kl/schedule"]) == [
+        {"kl.beta_norm": 0.01}, {"kl.beta_norm": 0.1}]
+
+
+def test_the_quick_study_runs_its_design_in_order(tmp_path):
+    """`make run`'s study is a design (DESIGN §7): its trials are the enqueued points."""
+    points = OmegaConf.load(ROOT / "sweeps" / "quick.yaml").hydra.sweeper.enqueue
+    res = run_cli(["-m", "+sweep=quick", *TINY, "hydra.sweeper.n_trials=2"], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    trials = sorted(_study(tmp_path).trials, key=lambda t: t.number)
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert [t.params for t in trials] == [dict(p) for p in points[:2]]

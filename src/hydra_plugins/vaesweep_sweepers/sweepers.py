@@ -97,10 +97,13 @@ def fail_unfinished(study: optuna.Study, trials: Sequence[optuna.Trial], e: Base
             log.error("Could not mark trial %d FAIL: %s", t.number, err)
 
 
-def ask_owned(study: optuna.Study, owner_attrs: dict) -> optuna.Trial:
+def ask_owned(study: optuna.Study, owner_attrs: dict,
+              design: Sequence[dict] = ()) -> optuna.Trial:
     """``study.ask()``, but the trial is created RUNNING with its owner (host, pid) in one
     transaction: a sweep killed between asking and tagging would otherwise leave a RUNNING
-    trial with no owner, which no resume could tell from a live one."""
+    trial with no owner, which no resume could tell from a live one. With a ``design``
+    (``hydra.sweeper.enqueue``), the trial gets the next point not yet run as its fixed
+    params (Optuna's enqueue_trial mechanism) in that same transaction."""
     import datetime
 
     from vaesweep.tracking.stale import TAG_PID
@@ -111,12 +114,72 @@ def ask_owned(study: optuna.Study, owner_attrs: dict) -> optuna.Trial:
         for k, v in attrs.items():
             study._storage.set_trial_system_attr(waiting, k, v)
         return optuna.Trial(study, waiting)
+    point = next_design_point(study, design) if design else None
+    if point is not None:
+        attrs["fixed_params"] = point
     template = optuna.trial.FrozenTrial(
         number=-1, state=optuna.trial.TrialState.RUNNING, value=None, values=None,
         datetime_start=datetime.datetime.now(), datetime_complete=None, params={},
         distributions={}, user_attrs={}, system_attrs=attrs, intermediate_values={},
         trial_id=-1)
     return optuna.Trial(study, study._storage.create_new_trial(study._study_id, template))
+
+
+def check_design(points: Any, space: dict, fixed: Sequence[str] = ()) -> list[dict]:
+    """``hydra.sweeper.enqueue``: a list of trials, each a mapping of every searched key to a
+    value inside its distribution, as plain dicts without repeats. A key set on the command
+    line (in ``fixed``) is dropped from the points: the command line wins. Anything else is
+    one ConfigError, raised before a study is written."""
+    from vaesweep.errors import ConfigError
+    if not points:
+        return []
+    key = "hydra.sweeper.enqueue"
+    allowed = (f"a list of trials, each giving every searched key ({', '.join(space)}) a value "
+               "inside its range")
+    if not OmegaConf.is_list(points) and not isinstance(points, (list, tuple)):
+        raise ConfigError(key, points, allowed)
+    design: list[dict] = []
+    for i, p in enumerate(points):
+        p = OmegaConf.to_container(p) if OmegaConf.is_config(p) else p
+        if not isinstance(p, dict):
+            raise ConfigError(f"{key}[{i}]", p, allowed)
+        p = {k: v for k, v in p.items() if k not in fixed}
+        if set(p) != set(space):
+            raise ConfigError(f"{key}[{i}]", p, allowed)
+        for k, v in p.items():
+            dist = space[k]
+            try:
+                inside = dist._contains(dist.to_internal_repr(v))
+            except (ValueError, TypeError):
+                inside = False
+            if not inside:
+                raise ConfigError(f"{key}[{i}].{k}", v, f"a value inside {k}'s range {dist}")
+        if p not in design:
+            design.append(p)
+    return design
+
+
+def next_design_point(study: optuna.Study, design: Sequence[dict]) -> dict | None:
+    """The first point of ``design`` that no finished or running trial of the study holds (a
+    failed one is run again), or None when all are held: the sampler draws the trials past
+    the design. A point is given to its trial as the trial is created, so no trial waits in
+    the study for a worker (an enqueued one could, when workers start together). Workers
+    that ask at the same moment may run one point twice."""
+    S = optuna.trial.TrialState
+    held = [t.params or t.system_attrs.get("fixed_params", {}) for t in
+            study.get_trials(deepcopy=False, states=(*FINISHED, S.RUNNING))]
+
+    def same(a: dict, b: dict) -> bool:
+        return set(a) == set(b) and all(
+            math.isclose(a[k], b[k], rel_tol=1e-9) if isinstance(a[k], (int, float))
+            and isinstance(b[k], (int, float)) else a[k] == b[k] for k in a)
+
+    for p in design:
+        match = next((h for h in held if same(p, h)), None)
+        if match is None:
+            return p
+        held.remove(match)
+    return None
 
 
 def representative(dist: Any) -> Any:
@@ -227,8 +290,10 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
     reads_objectives = True
 
     def __init__(self, *args: Any, pruner: Any = None, max_failures_in_a_row: int = 0,
-                 custom_search_space: Any = None) -> None:
+                 custom_search_space: Any = None, enqueue: Any = None) -> None:
         super().__init__(*args)
+        self.enqueue = enqueue
+        self.design: list[dict] = []
         self.pruner = pruner
         self._max_failures_in_a_row = max_failures_in_a_row  # checked in sweep(), not cast
         self.max_failures_in_a_row = (int(max_failures_in_a_row or 0)
@@ -253,6 +318,8 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
         self._process_searchspace_config()
         space, fixed, fixed_overrides = self._search_space(arguments)
         self._check_optuna_settings(directions, space, fixed, fixed_overrides)
+        design = check_design(self.enqueue, space, [*fixed, *(
+            o.split("=", 1)[0].lstrip("+~") for o in fixed_overrides)])
         self._check_first_job([f"{k}={representative(d)}" for k, d in space.items()]
                               + [f"{k}={v}" for k, v in fixed.items()] + list(fixed_overrides),
                               swept=list(space))
@@ -264,6 +331,7 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
                 self.config, study_name, self.n_trials,
                 done=lambda: len(study.get_trials(deepcopy=False, states=FINISHED))):
             study.set_user_attr("mlflow_parent_run_id", parent.run_id)
+            self.design = design
             self._say_if_done(study)
             self._optimize(study, arguments, directions, names)
             self._summarise(study, parent, names)
@@ -422,7 +490,7 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
             to_go = self.n_trials - done - running
             if to_go <= 0:
                 break
-            trials = [ask_owned(study, me) for _ in range(min(to_go, self.n_jobs))]
+            trials = [ask_owned(study, me, self.design) for _ in range(min(to_go, self.n_jobs))]
             overrides = self._configure_trials(trials, space, fixed, fixed_overrides)
             self.launcher.per_job = [[f"study.trial={t.number}"] for t in trials]
             try:
@@ -536,7 +604,7 @@ class VaesweepOptunaSweeper(Sweeper):
     def __init__(self, sampler: Any, direction: Any, storage: Any, study_name: Any,
                  n_trials: int, n_jobs: int, max_failure_rate: float,
                  custom_search_space: Any, params: Any, pruner: Any = None,
-                 max_failures_in_a_row: int = 0) -> None:
+                 max_failures_in_a_row: int = 0, enqueue: Any = None) -> None:
         from vaesweep.errors import number
         with user_errors():  # the stock sweeper asserts it, with a traceback
             number("hydra.sweeper.max_failure_rate", max_failure_rate, 0, 1)
@@ -549,7 +617,8 @@ class VaesweepOptunaSweeper(Sweeper):
         self.sweeper = VaesweepOptunaImpl(sampler, direction, storage, study_name, n_trials,
                                           n_jobs, max_failure_rate, None, params,
                                           pruner=pruner, custom_search_space=extender,
-                                          max_failures_in_a_row=max_failures_in_a_row)
+                                          max_failures_in_a_row=max_failures_in_a_row,
+                                          enqueue=enqueue)
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
@@ -572,6 +641,10 @@ class VaesweepOptunaConf(OptunaSweeperConf):
     # this many failed trials in a row stop the sweep (0: never), so a fault every trial hits
     # (a missing file, a wrong URL on a worker) does not fail trials forever
     max_failures_in_a_row: int = 20
+    # trials run first, in this order, each a mapping of every key in `params` to a value
+    # inside its range ({kl.beta_norm: 0.01, kl/schedule: linear}); a resumed study runs
+    # only those it has not finished; the sampler draws the trials past them
+    enqueue: Any = None
 
 
 # -- Hydra's basic (grid) sweeper ------------------------------------------------------------
