@@ -24,7 +24,8 @@ from vaesweep.registry import Registry
 log = logging.getLogger(__name__)
 
 #: name -> builder(cfg: Mapping) -> ImageSet; the config key is ``data.name``.
-DATASETS = Registry("dataset", "data.name")
+# loaders is skipped: it imports Lightning, and holds no dataset
+DATASETS = Registry("dataset", "data.name", package="vaesweep.data", skip=("loaders",))
 
 #: Where datasets live when ``data.root`` is not set (overridable by ``$VAESWEEP_DATA``).
 DEFAULT_ROOT = "~/.cache/vaesweep"

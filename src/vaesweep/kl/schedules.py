@@ -18,7 +18,7 @@ from typing import Any, Mapping
 from vaesweep.errors import ConfigError, number
 from vaesweep.registry import Registry
 
-SCHEDULES = Registry("schedule", "kl.schedule.name")
+SCHEDULES = Registry("schedule", "kl.schedule.name", package="vaesweep.kl")
 
 
 class Schedule:

@@ -17,7 +17,7 @@ from vaesweep.kl.schedules import build_schedule
 from vaesweep.names import TAG_SCHEDULE_UNFINISHED as TAG_UNFINISHED
 from vaesweep.registry import Registry
 
-WEIGHTINGS = Registry("KL weighting", "kl.name")
+WEIGHTINGS = Registry("KL weighting", "kl.name", package="vaesweep.kl")
 
 
 class KLWeighting(nn.Module):

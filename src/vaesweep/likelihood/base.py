@@ -13,7 +13,7 @@ from torch import nn
 from vaesweep.errors import ConfigError, number
 from vaesweep.registry import Registry
 
-HEADS = Registry("likelihood head", "likelihood.name")
+HEADS = Registry("likelihood head", "likelihood.name", package="vaesweep.likelihood")
 
 
 class LikelihoodHead(nn.Module):

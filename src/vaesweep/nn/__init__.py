@@ -15,7 +15,7 @@ from torch import nn
 from vaesweep.errors import ConfigError, number
 from vaesweep.registry import Registry
 
-MODELS = Registry("model", "model.name")
+MODELS = Registry("model", "model.name", package="vaesweep.nn")
 
 
 class Encoder(nn.Module):
@@ -144,3 +144,7 @@ def build_model(cfg: Mapping[str, Any], shape: Sequence[int],
         raise ConfigError(f"model.{unknown[0]}", cfg[unknown[0]],
                           f"a key of model {name}: {sorted(accepted)}")
     return builder(tuple(shape), latent_dim, out_channels, **cfg)
+
+
+# a model in a new file of this package registers itself on import: no line to add here
+MODELS.discover()

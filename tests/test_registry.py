@@ -1,0 +1,65 @@
+"""Parts are found by walking their package: a new part is one file (plus optionally one
+YAML preset), with no import line to add anywhere else."""
+from __future__ import annotations
+
+import sys
+import textwrap
+
+import pytest
+import yaml
+
+from conftest import CONF, compose
+
+import vaesweep.likelihood as likelihood_pkg
+from vaesweep.data import DATASETS
+from vaesweep.errors import ConfigError
+from vaesweep.kl import SCHEDULES, WEIGHTINGS
+from vaesweep.likelihood import HEADS, build_head
+from vaesweep.nn import MODELS
+
+GROUPS = {"likelihood": HEADS, "kl": WEIGHTINGS, "kl/schedule": SCHEDULES,
+          "model": MODELS, "data": DATASETS}
+
+
+def test_a_head_in_a_new_module_is_found_without_touching_another_file(tmp_path, monkeypatch):
+    # a new file in the package's folder: monkeypatching __path__ adds tmp_path as a folder
+    # of vaesweep.likelihood, so nothing in the source tree is written
+    (tmp_path / "zz_test_head.py").write_text(textwrap.dedent('''
+        from vaesweep.likelihood.base import HEADS, LikelihoodHead
+
+        @HEADS.register("zz_test_head")
+        class ZZTestHead(LikelihoodHead):
+            keys = {"width": 2.0}
+
+            def nll(self, out, x):
+                return (x - out).abs() / self.params["width"]
+    '''))
+    monkeypatch.setattr(likelihood_pkg, "__path__", [*likelihood_pkg.__path__, str(tmp_path)])
+    try:
+        assert "zz_test_head" not in HEADS
+        head = build_head({"name": "zz_test_head", "width": 4.0}, (1, 8, 8))
+        assert type(head).__name__ == "ZZTestHead" and head.params["width"] == 4.0
+    finally:
+        HEADS.pop("zz_test_head", None)
+        sys.modules.pop("vaesweep.likelihood.zz_test_head", None)
+
+
+def test_an_unknown_part_is_still_refused_after_the_walk():
+    with pytest.raises(ConfigError, match=r"likelihood.name='nope' is invalid: allowed is one of"):
+        HEADS.get("nope")
+
+
+@pytest.mark.parametrize("group", sorted(GROUPS))
+def test_every_registered_part_has_its_preset_and_composes(group):
+    registry = GROUPS[group]
+    presets = {p.stem: p for p in (CONF / group).glob("*.yaml")}
+    assert set(registry) == set(presets), f"conf/{group}/ vs registered {group} parts"
+    for name, path in presets.items():
+        assert yaml.safe_load(path.read_text()).get("name") == name, path
+    for name in sorted(registry):
+        cfg = compose([f"{group}={name}", "data.root=/nonexistent"] if group == "data"
+                      else [f"{group}={name}"])
+        node = cfg
+        for part in group.split("/"):
+            node = node[part]
+        assert node["name"] == name
