@@ -1,5 +1,5 @@
 """Parts are found by walking their package: a new part is one file (plus optionally one
-YAML preset), with no import line to add anywhere else."""
+YAML preset), with no import line to add anywhere else; presets repeat no Python default."""
 from __future__ import annotations
 
 import sys
@@ -50,10 +50,10 @@ def test_an_unknown_part_is_still_refused_after_the_walk():
 
 
 @pytest.mark.parametrize("group", sorted(GROUPS))
-def test_every_registered_part_has_its_preset_and_composes(group):
+def test_every_preset_names_a_registered_part_and_every_part_composes(group):
     registry = GROUPS[group]
     presets = {p.stem: p for p in (CONF / group).glob("*.yaml")}
-    assert set(registry) == set(presets), f"conf/{group}/ vs registered {group} parts"
+    assert set(presets) <= set(registry), f"conf/{group}/ presets of no registered {group} part"
     for name, path in presets.items():
         assert yaml.safe_load(path.read_text()).get("name") == name, path
     for name in sorted(registry):
@@ -63,3 +63,47 @@ def test_every_registered_part_has_its_preset_and_composes(group):
         for part in group.split("/"):
             node = node[part]
         assert node["name"] == name
+
+
+def test_a_part_without_a_preset_composes_from_its_python_defaults(tmp_path, monkeypatch):
+    from vaesweep.parts import register_schemas
+
+    (tmp_path / "zz_test_head2.py").write_text(textwrap.dedent('''
+        from vaesweep.likelihood.base import HEADS, LikelihoodHead
+
+        @HEADS.register("zz_test_head2")
+        class ZZTestHead2(LikelihoodHead):
+            keys = {"width": 2.0, "mode": "abs"}
+    '''))
+    monkeypatch.setattr(likelihood_pkg, "__path__", [*likelihood_pkg.__path__, str(tmp_path)])
+    try:
+        register_schemas()
+        cfg = compose(["likelihood=zz_test_head2", "likelihood.width=3"])
+        assert dict(cfg.likelihood) == {"name": "zz_test_head2", "width": 3, "mode": "abs"}
+    finally:
+        HEADS.pop("zz_test_head2", None)
+        sys.modules.pop("vaesweep.likelihood.zz_test_head2", None)
+
+
+@pytest.mark.parametrize("group", sorted(GROUPS))
+def test_presets_repeat_no_python_default_and_compose_every_key(group):
+    from omegaconf import OmegaConf
+
+    from vaesweep.parts import part_defaults, schema_name
+
+    for name in sorted(GROUPS[group]):
+        path = CONF / group / f"{name}.yaml"
+        preset = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        assert preset.pop("defaults") == [f"/{schema_name(group, name)}@_here_", "_self_"], path
+        defaults = part_defaults(group, name)
+        repeated = {k: v for k, v in preset.items() if k != "name" and defaults.get(k) == v}
+        assert not repeated, f"{path} repeats Python defaults {repeated}"
+        # the composed node holds every key (--cfg job, the MLflow params), preset values on top
+        cfg = compose([f"{group}={name}"])
+        node = cfg
+        for part in group.split("/"):
+            node = node[part]
+        got = OmegaConf.to_container(node, resolve=False)
+        got.pop("schedule", None)  # the kl/schedule group's node inside kl
+        assert set(got) == set(defaults), path
+        assert {k: got[k] for k in preset} == preset, path

@@ -27,8 +27,17 @@ class KLWeighting(nn.Module):
     and ``advance`` once per optimiser step; validation calls ``forward`` only (frozen).
     """
 
+    #: reduction: sum or mean (DESIGN §1); free_bits: floor in nats on each latent's
+    #: batch-mean KL (Kingma et al. 2016), 0 = off; schedule: the kl/schedule group's node
     common = {"reduction": "sum", "free_bits": 0.0, "schedule": None}
     keys: Mapping[str, Any] = {}
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """The ``kl`` keys of this weighting with their defaults (its own win over ``common``),
+        without ``schedule`` (the kl/schedule group composes it)."""
+        own = dict(cls.keys)  # first, as the presets list them
+        return {**own, **{k: v for k, v in cls.common.items() if k not in own and k != "schedule"}}
 
     def __init__(self, cfg: Mapping[str, Any], n_elements: int, n_latents: int,
                  max_steps: int | None = None) -> None:
@@ -123,7 +132,8 @@ class Beta(KLWeighting):
 class BetaNorm(KLWeighting):
     """Higgins et al. 2017, App. A.6: beta_norm = beta·M/N, so beta_eff = beta_norm·N/M."""
 
-    keys = {"beta_norm": 0.1}
+    # reduction mean: the gradient scale of Higgins et al.'s normalised weight
+    keys = {"beta_norm": 0.1, "reduction": "mean"}
 
     def __init__(self, cfg: Mapping[str, Any], n_elements: int, n_latents: int,
                  max_steps: int | None = None) -> None:
