@@ -107,3 +107,17 @@ def test_presets_repeat_no_python_default_and_compose_every_key(group):
         got.pop("schedule", None)  # the kl/schedule group's node inside kl
         assert set(got) == set(defaults), path
         assert {k: got[k] for k in preset} == preset, path
+
+
+def test_the_one_validation_style_names_key_value_and_what_is_allowed():
+    from vaesweep.errors import choice, flag, known_keys, number
+
+    with pytest.raises(ConfigError, match=r"data.val_fraction=1.0 is invalid: allowed is a number in \[0, 1\)"):
+        number("data.val_fraction", 1.0, 0.0, 1.0, hi_open=True)
+    assert number("data.val_fraction", 0.0, 0.0, 1.0, hi_open=True) == 0.0
+    with pytest.raises(ConfigError, match=r"kl.reduction='avg' is invalid: allowed is one of 'sum', 'mean'"):
+        choice("kl.reduction", "avg", ("sum", "mean"))
+    with pytest.raises(ConfigError, match=r"likelihood.learn_scale='yes' is invalid: allowed is true or false"):
+        flag("likelihood.learn_scale", "yes")
+    with pytest.raises(ConfigError, match=r"model.widht=3 is invalid: allowed is a key of model mlp: \['hidden', 'latent_dim'\]"):
+        known_keys("model", {"widht": 3}, ["latent_dim", "hidden"], "model mlp")

@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from vaesweep.data.base import DATASETS, ImageSet, build_imageset, cfg_get, data_seed, dataset_defaults
-from vaesweep.errors import ConfigError
+from vaesweep.errors import ConfigError, number
 
 log = logging.getLogger(__name__)
 
@@ -138,10 +138,7 @@ def split_indices(
 
 
 def _fraction(cfg: Mapping, key: str, default: float) -> float:
-    value = cfg_get(cfg, key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise ConfigError(f"data.{key}", value, "a number in [0, 1)")
-    return float(value)
+    return number(f"data.{key}", cfg_get(cfg, key, default), 0.0, 1.0, hi_open=True)
 
 
 def _positive_int(cfg: Mapping, key: str, default: int | None) -> int | None:

@@ -10,7 +10,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from vaesweep.errors import ConfigError, number
+from vaesweep.errors import choice, known_keys, number
 from vaesweep.kl.loss import REDUCTIONS, LossTerms, assemble, beta_eff_from, gradient_scale
 from vaesweep.kl.schedules import build_schedule
 #: MLflow tag of a run that ended before its KL schedule did (its text: :meth:`KLWeighting.unfinished`)
@@ -44,14 +44,9 @@ class KLWeighting(nn.Module):
         super().__init__()
         cfg = {k: v for k, v in dict(cfg).items() if k != "name"}
         allowed = {**self.common, **self.keys}
-        unknown = sorted(set(cfg) - set(allowed))
-        if unknown:
-            raise ConfigError(f"kl.{unknown[0]}", cfg[unknown[0]],
-                              f"a key of this weighting: {sorted(allowed)}")
+        known_keys("kl", cfg, allowed, "this weighting")
         self.cfg = {**allowed, **cfg}
-        self.reduction = self.cfg["reduction"]
-        if self.reduction not in REDUCTIONS:
-            raise ConfigError("kl.reduction", self.reduction, REDUCTIONS)
+        self.reduction = choice("kl.reduction", self.cfg["reduction"], REDUCTIONS)
         self.free_bits = number("kl.free_bits", self.cfg["free_bits"], 0.0)
         #: trainer.max_steps (None when training by epochs): the unit of schedule fractions
         self.max_steps = int(max_steps) if max_steps is not None and int(max_steps) > 0 else None

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from vaesweep.errors import ConfigError, number
+from vaesweep.errors import ConfigError, choice, flag, known_keys, number
 from vaesweep.integers import as_integers
 from vaesweep.likelihood.gaussian_optimal import fix_sigma_for_evaluation
 from vaesweep.metrics._arrays import CodeCache, codes_for_classes, to_numpy
@@ -60,9 +60,7 @@ def resolve_settings(cfg_metrics: Mapping[str, Any] | None) -> dict[str, Any]:
     """:data:`DEFAULTS` updated by ``cfg_metrics``, every value checked; a bad key or value
     raises a ConfigError naming ``metrics.<key>``. ``enabled`` becomes a tuple of names."""
     cfg = dict(cfg_metrics or {})
-    unknown = sorted(set(cfg) - set(DEFAULTS))
-    if unknown:
-        raise ConfigError(f"metrics.{unknown[0]}", cfg[unknown[0]], f"a key among {', '.join(DEFAULTS)}")
+    known_keys("metrics", cfg, DEFAULTS, "the metric settings")
     s = {**DEFAULTS, **{k: v for k, v in cfg.items() if v is not None}}
     enabled = s["enabled"]
     if isinstance(enabled, bool):
@@ -83,11 +81,9 @@ def resolve_settings(cfg_metrics: Mapping[str, Any] | None) -> dict[str, Any]:
                 raise ConfigError("metrics.preset", value, "a name (that of the metrics= settings)")
             continue
         if key in _CHOICES:
-            if value not in _CHOICES[key]:
-                raise ConfigError(f"metrics.{key}", value, _CHOICES[key])
+            choice(f"metrics.{key}", value, _CHOICES[key])
         elif key in _BOOLS:
-            if not isinstance(value, bool):
-                raise ConfigError(f"metrics.{key}", value, "true or false")
+            flag(f"metrics.{key}", value)
         elif key in _FLOATS:
             s[key] = number(f"metrics.{key}", value, *_FLOATS[key])
         else:

@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from vaesweep.errors import ConfigError, number
+from vaesweep.errors import ConfigError, known_keys, number
 from vaesweep.registry import Registry
 
 MODELS = Registry("model", "model.name", package="vaesweep.nn")
@@ -153,10 +153,7 @@ def build_model(cfg: Mapping[str, Any], shape: Sequence[int],
     latent_dim = number("model.latent_dim", cfg.pop("latent_dim", LATENT_DIM), 1, integer=True)
     builder = MODELS.get(name)
     accepted = set(inspect.signature(builder).parameters) - {"shape", "latent_dim", "out_channels"}
-    unknown = sorted(set(cfg) - accepted)
-    if unknown:
-        raise ConfigError(f"model.{unknown[0]}", cfg[unknown[0]],
-                          f"a key of model {name}: {sorted(accepted)}")
+    known_keys("model", cfg, accepted, f"model {name}")
     return builder(tuple(shape), latent_dim, out_channels, **cfg)
 
 
