@@ -22,6 +22,8 @@ def compose(overrides: Sequence[str] = ()):
     """The config the CLI would build for ``overrides`` (Hydra's compose API)."""
     from hydra import compose as hcompose, initialize_config_dir
 
+    import vaesweep.resolvers  # noqa: F401  (the resolvers and the parts' defaults the presets use)
+
     with initialize_config_dir(config_dir=str(CONF), job_name="test"):
         return hcompose(config_name="config", overrides=list(overrides))
 

@@ -1,7 +1,7 @@
 """Errors that reach the user as one clear line: the key, the bad value, what is allowed."""
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 
 class VaesweepError(Exception):
@@ -34,22 +34,49 @@ class DataError(VaesweepError, OSError):
         super().__init__(msg)
 
 
+# -- the one way parts check their config: number, flag, choice, known_keys ------------------
 def number(key: str, value: Any, lo: float = float("-inf"), hi: float = float("inf"), *,
-           integer: bool = False, lo_open: bool = False) -> float:
-    """``value`` as a finite number in [lo, hi] (or (lo, hi] with ``lo_open``), else a
-    ConfigError naming ``key``. Strings, NaN and infinities are refused."""
+           integer: bool = False, lo_open: bool = False, hi_open: bool = False) -> float:
+    """``value`` as a finite number in [lo, hi] (``lo_open``/``hi_open``: that end excluded),
+    else a ConfigError naming ``key``. Strings, NaN and infinities are refused."""
     kind = "a whole number" if integer else "a number"
-    allowed = f"{kind} in {'(' if lo_open else '['}{lo:g}, {hi:g}]"
+    allowed = f"{kind} in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
     if isinstance(value, bool) or value is None:
         raise ConfigError(key, value, allowed)
     try:
         v = float(value)
     except (TypeError, ValueError):
         raise ConfigError(key, value, allowed) from None
-    if v != v or v in (float("inf"), float("-inf")) or v < lo or v > hi or (lo_open and v == lo):
+    if (v != v or v in (float("inf"), float("-inf")) or v < lo or v > hi or (lo_open and v == lo)
+            or (hi_open and v == hi)):
         raise ConfigError(key, value, allowed)
     if integer:
         if v != int(v):
             raise ConfigError(key, value, allowed)
         return int(v)
     return v
+
+
+def flag(key: str, value: Any) -> bool:
+    """A YAML boolean, or a ConfigError naming ``key``."""
+    if not isinstance(value, bool):
+        raise ConfigError(key, value, "true or false")
+    return value
+
+
+def choice(key: str, value: Any, allowed: Iterable[Any]) -> Any:
+    """``value`` when it is one of ``allowed``, else a ConfigError listing them."""
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise ConfigError(key, value, allowed)
+    return value
+
+
+def known_keys(prefix: str, given: Mapping[str, Any], allowed: Iterable[str], what: str) -> None:
+    """Refuse the first key of ``given`` not in ``allowed`` (sorted): a ConfigError naming
+    ``<prefix>.<key>`` and listing the keys of ``what`` (e.g. "this head")."""
+    allowed = sorted(allowed)
+    unknown = sorted(set(given) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{prefix}.{unknown[0]}", given[unknown[0]],
+                          f"a key of {what}: {allowed or 'none'}")

@@ -13,7 +13,7 @@ import torch
 
 from vaesweep.kl import LossTerms, build_weighting, kl_per_dim
 from vaesweep.likelihood import build_head
-from vaesweep.nn import build_model
+from vaesweep.nn import LATENT_DIM, build_model
 
 #: seed of the reparameterisation noise of validation and test: every validation draws the same
 #: z noise, so two validations of the same weights give the same val/elbo and the convergence
@@ -38,7 +38,7 @@ class VAEModule(L.LightningModule):
         self.head = build_head(cfg["likelihood"], self.shape)
         self.encoder, self.decoder = build_model(cfg["model"], self.shape,
                                                  self.head.decoder_channels())
-        self.latent_dim = int(cfg["model"].get("latent_dim", 10))
+        self.latent_dim = int(cfg["model"].get("latent_dim", LATENT_DIM))
         # trainer.max_steps: the unit of the schedules' default lengths (fractions of the run)
         max_steps = (cfg.get("trainer") or {}).get("max_steps")
         self.kl = build_weighting(cfg["kl"], self.n_elements, self.latent_dim, max_steps)

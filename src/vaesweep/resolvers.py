@@ -31,3 +31,9 @@ def register() -> None:
 
 
 register()
+
+# every part's defaults, which the YAML presets start from (vaesweep.parts); here because every
+# entry point that composes a config imports this module first
+from vaesweep.parts import register_schemas  # noqa: E402
+
+register_schemas()

@@ -8,7 +8,8 @@ notebooks) does not pay for importing Lightning.
 from typing import Any
 
 from vaesweep.data.base import DATASETS, ImageSet, build_imageset, register_dataset
-from vaesweep.data import dsprites, vision  # noqa: F401  (registration)
+
+DATASETS.discover()  # imports every dataset module (not loaders): a new dataset is one file
 
 _LAZY = {"VAEDataModule", "BatchIndexedDataset", "split_indices"}
 

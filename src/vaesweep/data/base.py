@@ -24,7 +24,8 @@ from vaesweep.registry import Registry
 log = logging.getLogger(__name__)
 
 #: name -> builder(cfg: Mapping) -> ImageSet; the config key is ``data.name``.
-DATASETS = Registry("dataset", "data.name")
+# loaders is skipped: it imports Lightning, and holds no dataset
+DATASETS = Registry("dataset", "data.name", package="vaesweep.data", skip=("loaders",))
 
 #: Where datasets live when ``data.root`` is not set (overridable by ``$VAESWEEP_DATA``).
 DEFAULT_ROOT = "~/.cache/vaesweep"
@@ -34,9 +35,31 @@ CODECS = ("uint8", "bits", "float32")
 Renderer = Callable[[np.ndarray], torch.Tensor]
 
 
-def register_dataset(name: str) -> Callable:
-    """Decorator: ``@register_dataset("mnist")`` on a ``builder(cfg) -> ImageSet``."""
-    return DATASETS.register(name)
+#: the ``data`` keys every dataset has, with their defaults (a dataset's own replace them):
+#: root: folder (null: $VAESWEEP_DATA, else ~/.cache/vaesweep); subset: number of images
+#: (null: all); seed: the subset and the train/val/test split; batch_size: train images per
+#: step; val_fraction, test_fraction: of the images (test: of those besides an official test set)
+DATA_KEYS: dict[str, Any] = {"root": None, "subset": None, "seed": 0, "batch_size": 64,
+                             "val_fraction": 0.05, "test_fraction": 0.05}
+
+
+def register_dataset(name: str, **defaults: Any) -> Callable:
+    """Decorator: ``@register_dataset("mnist", download=False)`` on a ``builder(cfg) -> ImageSet``.
+
+    ``defaults`` are the dataset's own keys and those of :data:`DATA_KEYS` it sets otherwise;
+    the builder's ``keys`` becomes their union, the schema of its ``data`` config node."""
+    registered = DATASETS.register(name)
+
+    def deco(builder: Callable) -> Callable:
+        builder.keys = {**DATA_KEYS, **defaults}
+        return registered(builder)
+
+    return deco
+
+
+def dataset_defaults(name: Any) -> dict[str, Any]:
+    """The defaults of dataset ``name``'s keys (:data:`DATA_KEYS` when it has no name)."""
+    return dict(DATA_KEYS) if name is None else dict(DATASETS.get(name).keys)
 
 
 def _bit_table() -> torch.Tensor:
@@ -277,7 +300,7 @@ def subset_indices(n: int, size: int, seed: int) -> np.ndarray:
 
 
 def data_seed(cfg: Mapping) -> int:
-    seed = cfg_get(cfg, "seed", 0)
+    seed = cfg_get(cfg, "seed", DATA_KEYS["seed"])
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ConfigError("data.seed", seed, "a non-negative integer")
     return int(seed)

@@ -386,7 +386,8 @@ class _LookupRenderer:
         return self.images.batch(self.rows[pos])
 
 
-@register_dataset("dsprites_npz")
+# root "???": required (the folder holding the .npz); Hydra refuses a run that leaves it unset
+@register_dataset("dsprites_npz", root="???")
 def build_dsprites_npz(cfg: Mapping) -> ImageSet:
     """The published dSprites .npz. Keys: root (dir or .npz path), filename, subset, seed."""
     path = _npz_path(cfg)

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
-from vaesweep.data.base import DATASETS, ImageSet, build_imageset, cfg_get, data_seed
-from vaesweep.errors import ConfigError
+from vaesweep.data.base import DATASETS, ImageSet, build_imageset, cfg_get, data_seed, dataset_defaults
+from vaesweep.errors import ConfigError, number
 
 log = logging.getLogger(__name__)
 
@@ -138,10 +138,7 @@ def split_indices(
 
 
 def _fraction(cfg: Mapping, key: str, default: float) -> float:
-    value = cfg_get(cfg, key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise ConfigError(f"data.{key}", value, "a number in [0, 1)")
-    return float(value)
+    return number(f"data.{key}", cfg_get(cfg, key, default), 0.0, 1.0, hi_open=True)
 
 
 def _positive_int(cfg: Mapping, key: str, default: int | None) -> int | None:
@@ -156,8 +153,9 @@ def _positive_int(cfg: Mapping, key: str, default: int | None) -> int | None:
 class VAEDataModule(L.LightningDataModule):
     """Train/val/test loaders of image batches over one ImageSet held in memory.
 
-    Keys of the ``data`` node read here: ``batch_size`` (64), ``eval_batch_size`` (null: the
-    train batch size), ``val_fraction`` (0.1), ``test_fraction`` (0.1), ``seed`` (0: split and
+    Keys of the ``data`` node read here: ``batch_size``, ``eval_batch_size`` (null: the
+    train batch size), ``val_fraction``, ``test_fraction`` (the defaults: the dataset's
+    ``keys``), ``seed`` (0: split and
     shuffling), ``official_test`` (true: use the dataset's own test set when it has one).
     The ImageSet is built in ``__init__`` so its shape is known before ``Trainer.fit``.
 
@@ -172,10 +170,12 @@ class VAEDataModule(L.LightningDataModule):
     def __init__(self, cfg: Mapping, imageset: ImageSet | None = None) -> None:
         super().__init__()
         self.cfg = cfg
-        self.batch_size = _positive_int(cfg, "batch_size", 64)
+        # defaults of the keys a partial config leaves out: the dataset's (register_dataset)
+        defaults = dataset_defaults(cfg_get(cfg, "name"))
+        self.batch_size = _positive_int(cfg, "batch_size", defaults["batch_size"])
         self.eval_batch_size = _positive_int(cfg, "eval_batch_size", None) or self.batch_size
-        val_fraction = _fraction(cfg, "val_fraction", 0.1)
-        test_fraction = _fraction(cfg, "test_fraction", 0.1)
+        val_fraction = _fraction(cfg, "val_fraction", defaults["val_fraction"])
+        test_fraction = _fraction(cfg, "test_fraction", defaults["test_fraction"])
         if val_fraction + test_fraction >= 1.0:
             raise ConfigError(
                 "data.val_fraction", val_fraction, f"at most {1.0 - test_fraction:g} with data.test_fraction={test_fraction:g}"

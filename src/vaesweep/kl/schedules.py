@@ -15,10 +15,10 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-from vaesweep.errors import ConfigError, number
+from vaesweep.errors import ConfigError, choice, known_keys, number
 from vaesweep.registry import Registry
 
-SCHEDULES = Registry("schedule", "kl.schedule.name")
+SCHEDULES = Registry("schedule", "kl.schedule.name", package="vaesweep.kl")
 
 
 class Schedule:
@@ -27,10 +27,7 @@ class Schedule:
     keys: Mapping[str, Any] = {}
 
     def __init__(self, max_steps: int | None = None, **params: Any) -> None:
-        unknown = sorted(set(params) - set(self.keys))
-        if unknown:
-            raise ConfigError(f"kl.schedule.{unknown[0]}", params[unknown[0]],
-                              f"a key of this schedule: {sorted(self.keys) or 'none'}")
+        known_keys("kl.schedule", params, self.keys, "this schedule")
         self.params = {**self.keys, **params}
         #: trainer.max_steps (None when training by epochs), the unit of the fractions
         self.max_steps = int(max_steps) if max_steps is not None and int(max_steps) > 0 else None
@@ -153,9 +150,7 @@ class Cyclical(Schedule):
         self.total_steps = self.length("total_steps", "fraction", lo=1)
         self.ratio = self.number("ratio", 0.0, 1.0, lo_open=True)
         self.start = self.number("start", 0.0, 1.0)
-        if self.params["shape"] not in RAMPS:
-            raise ConfigError("kl.schedule.shape", self.params["shape"], sorted(RAMPS))
-        self.ramp = RAMPS[self.params["shape"]]
+        self.ramp = RAMPS[choice("kl.schedule.shape", self.params["shape"], sorted(RAMPS))]
 
     def phase(self, step: int) -> float:
         """Position in the current cycle, in [0, 1): Fu et al.'s τ = mod(t−1, ⌈T/M⌉)/(T/M)

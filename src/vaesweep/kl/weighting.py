@@ -10,14 +10,14 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from vaesweep.errors import ConfigError, number
+from vaesweep.errors import choice, known_keys, number
 from vaesweep.kl.loss import REDUCTIONS, LossTerms, assemble, beta_eff_from, gradient_scale
 from vaesweep.kl.schedules import build_schedule
 #: MLflow tag of a run that ended before its KL schedule did (its text: :meth:`KLWeighting.unfinished`)
 from vaesweep.names import TAG_SCHEDULE_UNFINISHED as TAG_UNFINISHED
 from vaesweep.registry import Registry
 
-WEIGHTINGS = Registry("KL weighting", "kl.name")
+WEIGHTINGS = Registry("KL weighting", "kl.name", package="vaesweep.kl")
 
 
 class KLWeighting(nn.Module):
@@ -27,22 +27,26 @@ class KLWeighting(nn.Module):
     and ``advance`` once per optimiser step; validation calls ``forward`` only (frozen).
     """
 
+    #: reduction: sum or mean (DESIGN §1); free_bits: floor in nats on each latent's
+    #: batch-mean KL (Kingma et al. 2016), 0 = off; schedule: the kl/schedule group's node
     common = {"reduction": "sum", "free_bits": 0.0, "schedule": None}
     keys: Mapping[str, Any] = {}
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """The ``kl`` keys of this weighting with their defaults (its own win over ``common``),
+        without ``schedule`` (the kl/schedule group composes it)."""
+        own = dict(cls.keys)  # first, as the presets list them
+        return {**own, **{k: v for k, v in cls.common.items() if k not in own and k != "schedule"}}
 
     def __init__(self, cfg: Mapping[str, Any], n_elements: int, n_latents: int,
                  max_steps: int | None = None) -> None:
         super().__init__()
         cfg = {k: v for k, v in dict(cfg).items() if k != "name"}
         allowed = {**self.common, **self.keys}
-        unknown = sorted(set(cfg) - set(allowed))
-        if unknown:
-            raise ConfigError(f"kl.{unknown[0]}", cfg[unknown[0]],
-                              f"a key of this weighting: {sorted(allowed)}")
+        known_keys("kl", cfg, allowed, "this weighting")
         self.cfg = {**allowed, **cfg}
-        self.reduction = self.cfg["reduction"]
-        if self.reduction not in REDUCTIONS:
-            raise ConfigError("kl.reduction", self.reduction, REDUCTIONS)
+        self.reduction = choice("kl.reduction", self.cfg["reduction"], REDUCTIONS)
         self.free_bits = number("kl.free_bits", self.cfg["free_bits"], 0.0)
         #: trainer.max_steps (None when training by epochs): the unit of schedule fractions
         self.max_steps = int(max_steps) if max_steps is not None and int(max_steps) > 0 else None
@@ -123,7 +127,8 @@ class Beta(KLWeighting):
 class BetaNorm(KLWeighting):
     """Higgins et al. 2017, App. A.6: beta_norm = beta·M/N, so beta_eff = beta_norm·N/M."""
 
-    keys = {"beta_norm": 0.1}
+    # reduction mean: the gradient scale of Higgins et al.'s normalised weight
+    keys = {"beta_norm": 0.1, "reduction": "mean"}
 
     def __init__(self, cfg: Mapping[str, Any], n_elements: int, n_latents: int,
                  max_steps: int | None = None) -> None:

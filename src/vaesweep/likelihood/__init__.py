@@ -1,8 +1,7 @@
 """Likelihood heads (``likelihood=``): each returns a per-element NLL; see :mod:`.base`."""
 from vaesweep.likelihood.base import HEADS, LikelihoodHead
-from vaesweep.likelihood import bernoulli, gaussian  # noqa: F401  (registration)
-from vaesweep.likelihood import (  # noqa: F401  (registration)
-    continuous_bernoulli, gaussian_learned, gaussian_optimal, laplace)
+
+HEADS.discover()  # imports every head module: a new head is one file, no line here
 
 
 def build_head(cfg, shape) -> LikelihoodHead:

@@ -10,10 +10,10 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from vaesweep.errors import ConfigError, number
+from vaesweep.errors import known_keys, number
 from vaesweep.registry import Registry
 
-HEADS = Registry("likelihood head", "likelihood.name")
+HEADS = Registry("likelihood head", "likelihood.name", package="vaesweep.likelihood")
 
 
 class LikelihoodHead(nn.Module):
@@ -29,10 +29,7 @@ class LikelihoodHead(nn.Module):
 
     def __init__(self, shape: tuple[int, int, int], **params: Any) -> None:
         super().__init__()
-        unknown = sorted(set(params) - set(self.keys))
-        if unknown:
-            raise ConfigError(f"likelihood.{unknown[0]}", params[unknown[0]],
-                              f"a key of this head: {sorted(self.keys) or 'none'}")
+        known_keys("likelihood", params, self.keys, "this head")
         self.shape = tuple(shape)
         self.params = {**self.keys, **params}
 

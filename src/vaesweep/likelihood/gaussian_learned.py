@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vaesweep.errors import ConfigError, number
+from vaesweep.errors import ConfigError, choice, number
 from vaesweep.likelihood.base import HEADS, LikelihoodHead, positive
 
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -44,9 +44,7 @@ class GaussianLearned(LikelihoodHead):
 
     def __init__(self, shape: tuple[int, int, int], **params: Any) -> None:
         super().__init__(shape, **params)
-        self.scope = self.params["scope"]
-        if self.scope not in SCOPES:
-            raise ConfigError("likelihood.scope", self.scope, SCOPES)
+        self.scope = choice("likelihood.scope", self.params["scope"], SCOPES)
         self.floor = number("likelihood.min_log_sigma", self.params["min_log_sigma"], -30.0, 30.0)
         init = math.log(positive("likelihood.sigma_init", self.params["sigma_init"]))
         if init <= self.floor:

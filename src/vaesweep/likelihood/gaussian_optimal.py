@@ -24,16 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from vaesweep.errors import ConfigError, number
+from vaesweep.errors import flag, number
 from vaesweep.likelihood.base import HEADS, LikelihoodHead
 from vaesweep.likelihood.gaussian_learned import gaussian_nll, softclip
-
-
-def flag(key: str, value: Any) -> bool:
-    """A YAML boolean, or a ConfigError naming ``key``."""
-    if not isinstance(value, bool):
-        raise ConfigError(key, value, "true or false")
-    return value
 
 
 @HEADS.register("gaussian_optimal")

@@ -11,10 +11,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from vaesweep.errors import ConfigError, number
+from vaesweep.errors import ConfigError, flag, number
 from vaesweep.likelihood.base import HEADS, LikelihoodHead, positive
 from vaesweep.likelihood.gaussian_learned import softclip, softclip_inverse
-from vaesweep.likelihood.gaussian_optimal import flag
 
 LOG_2 = math.log(2.0)
 

@@ -7,49 +7,13 @@ and, for the FactorVAE and beta-VAE scores, ``factor_sizes``, ``sample_factors``
 ``render``. Everything runs under ``torch.no_grad()`` in eval mode, batched, and is seeded by
 ``seed``: each metric draws from its own stream, so turning one off changes no other.
 
-Settings (the ``metrics:`` config group; :data:`DEFAULTS`, checked by :func:`resolve_settings`):
-
-=============================  ==========  ================================================
-key                            default     meaning
-=============================  ==========  ================================================
-preset                         default     name of the settings (conf/metrics/<name>.yaml),
-                                           logged with the run's params
-enabled                        true        true (all), false (none) or a list of METRICS
-batch_size                     256         images per encoder / decoder call (on a CPU
-                                           at most 128: faster there)
-recon_points                   10000       test images for mse, psnr, active_units
-active_threshold               0.01        Burda et al. 2016
-iwae_points                    1000        test images for the IWAE bound
-iwae_k                         100         importance samples per image
-iwae_max_samples               4096        (sample, image) pairs per chunk of images
-                                           (one decoder call; on CPU calls of <= 256)
-tc_points                      2000        test images for total_correlation, mutual_info
-tc_estimator                   mss         mss (stratified) or mws (Chen et al. 2018)
-structure_source               sample      sample: fresh factor draws, rendered (as
-                                           disentanglement_lib); test: test-split images
-                                           (with replacement if there are too few)
-num_points                     10000       MIG points; SAP/DCI and probe training points
-num_test_points                5000        SAP/DCI and probe test points
-mig_bins                       20
-sap_standardize                false       disentanglement_lib's raw latents; true: z-scored
-dci_estimator                  binned      binned (fast, same algorithm) or sklearn
-dci_max_bins                   255
-factorvae_batch_size           64
-factorvae_num_train            10000       votes
-factorvae_num_eval             5000        votes
-factorvae_num_variance         10000       images for the global variances
-factorvae_prune_threshold      0.05        latents with std below it are pruned
-betavae_batch_size             64
-betavae_num_train              10000
-betavae_num_eval               5000
-betavae_standardize            false       disentanglement_lib's raw features; true: z-scored
-knn_k                          5
-code_cache                     1048576     codes the sampling scores share (CodeCache), each
-                                           image represented once; 0: no cache
-=============================  ==========  ================================================
+Settings: the ``metrics:`` config group. Their defaults and what each means are in one place,
+``conf/metrics/default.yaml`` (:data:`DEFAULTS` is read from it); :func:`resolve_settings`
+checks them.
 """
 from __future__ import annotations
 
+import importlib.resources
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -58,11 +22,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
-from vaesweep.errors import ConfigError, number
+from vaesweep.errors import ConfigError, choice, flag, known_keys, number
 from vaesweep.integers import as_integers
 from vaesweep.likelihood.gaussian_optimal import fix_sigma_for_evaluation
-from vaesweep.metrics._arrays import MAX_CACHED_CODES, CodeCache, codes_for_classes, to_numpy
+from vaesweep.metrics._arrays import CodeCache, codes_for_classes, to_numpy
 from vaesweep.metrics.disentanglement import betavae_score, dci, factorvae_score, mig, sap
 from vaesweep.metrics.iwae import CPU_PASS_PAIRS, iwae_nll
 from vaesweep.metrics.latent import active_units, aggregate_posterior_terms
@@ -77,36 +42,10 @@ METRICS = ("iwae_nll", "mse", "psnr", "active_units", "total_correlation", "mutu
 FACTOR_METRICS = ("mig", "sap", "dci", "factorvae_score", "betavae_score")
 LABEL_METRICS = ("linear_probe_acc", "knn_acc")
 
-DEFAULTS: dict[str, Any] = {
-    "preset": "default",
-    "enabled": True,
-    "batch_size": 256,
-    "recon_points": 10_000,
-    "active_threshold": 0.01,
-    "iwae_points": 1_000,
-    "iwae_k": 100,
-    "iwae_max_samples": 4096,
-    "tc_points": 2_000,
-    "tc_estimator": "mss",
-    "structure_source": "sample",
-    "num_points": 10_000,
-    "num_test_points": 5_000,
-    "mig_bins": 20,
-    "sap_standardize": False,
-    "dci_estimator": "binned",
-    "dci_max_bins": 255,
-    "factorvae_batch_size": 64,
-    "factorvae_num_train": 10_000,
-    "factorvae_num_eval": 5_000,
-    "factorvae_num_variance": 10_000,
-    "factorvae_prune_threshold": 0.05,
-    "betavae_batch_size": 64,
-    "betavae_num_train": 10_000,
-    "betavae_num_eval": 5_000,
-    "betavae_standardize": False,
-    "knn_k": 5,
-    "code_cache": MAX_CACHED_CODES,
-}
+#: the metric settings' defaults: read from the package's ``conf/metrics/default.yaml``, their
+#: one copy (the ``metrics=default`` preset the composed config starts from)
+DEFAULTS: dict[str, Any] = OmegaConf.to_container(OmegaConf.create(
+    (importlib.resources.files("vaesweep") / "conf" / "metrics" / "default.yaml").read_text()))
 _CHOICES = {"tc_estimator": ("mss", "mws"), "structure_source": ("sample", "test"),
             "dci_estimator": ("binned", "sklearn")}
 _BOOLS = ("sap_standardize", "betavae_standardize")
@@ -121,9 +60,7 @@ def resolve_settings(cfg_metrics: Mapping[str, Any] | None) -> dict[str, Any]:
     """:data:`DEFAULTS` updated by ``cfg_metrics``, every value checked; a bad key or value
     raises a ConfigError naming ``metrics.<key>``. ``enabled`` becomes a tuple of names."""
     cfg = dict(cfg_metrics or {})
-    unknown = sorted(set(cfg) - set(DEFAULTS))
-    if unknown:
-        raise ConfigError(f"metrics.{unknown[0]}", cfg[unknown[0]], f"a key among {', '.join(DEFAULTS)}")
+    known_keys("metrics", cfg, DEFAULTS, "the metric settings")
     s = {**DEFAULTS, **{k: v for k, v in cfg.items() if v is not None}}
     enabled = s["enabled"]
     if isinstance(enabled, bool):
@@ -144,11 +81,9 @@ def resolve_settings(cfg_metrics: Mapping[str, Any] | None) -> dict[str, Any]:
                 raise ConfigError("metrics.preset", value, "a name (that of the metrics= settings)")
             continue
         if key in _CHOICES:
-            if value not in _CHOICES[key]:
-                raise ConfigError(f"metrics.{key}", value, _CHOICES[key])
+            choice(f"metrics.{key}", value, _CHOICES[key])
         elif key in _BOOLS:
-            if not isinstance(value, bool):
-                raise ConfigError(f"metrics.{key}", value, "true or false")
+            flag(f"metrics.{key}", value)
         elif key in _FLOATS:
             s[key] = number(f"metrics.{key}", value, *_FLOATS[key])
         else:

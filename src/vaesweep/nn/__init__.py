@@ -12,10 +12,24 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from vaesweep.errors import ConfigError, number
+from vaesweep.errors import ConfigError, known_keys, number
 from vaesweep.registry import Registry
 
-MODELS = Registry("model", "model.name")
+MODELS = Registry("model", "model.name", package="vaesweep.nn")
+
+#: latents M of every model unless model.latent_dim says otherwise (10, as Burgess et al. 2018
+#: and Locatello et al. 2019)
+LATENT_DIM = 10
+
+
+def model_defaults(name: str) -> dict[str, Any]:
+    """The ``model`` keys of model ``name`` with their defaults: ``latent_dim`` and the
+    builder's keyword arguments (its signature is its schema)."""
+    params = inspect.signature(MODELS.get(name)).parameters
+    return {"latent_dim": LATENT_DIM, **{
+        k: list(p.default) if isinstance(p.default, tuple) else p.default
+        for k, p in params.items()
+        if k not in ("shape", "latent_dim", "out_channels") and p.default is not p.empty}}
 
 
 class Encoder(nn.Module):
@@ -136,11 +150,12 @@ def build_model(cfg: Mapping[str, Any], shape: Sequence[int],
                 out_channels: int) -> tuple[nn.Module, nn.Module]:
     cfg = dict(cfg)
     name = cfg.pop("name")
-    latent_dim = number("model.latent_dim", cfg.pop("latent_dim", 10), 1, integer=True)
+    latent_dim = number("model.latent_dim", cfg.pop("latent_dim", LATENT_DIM), 1, integer=True)
     builder = MODELS.get(name)
     accepted = set(inspect.signature(builder).parameters) - {"shape", "latent_dim", "out_channels"}
-    unknown = sorted(set(cfg) - accepted)
-    if unknown:
-        raise ConfigError(f"model.{unknown[0]}", cfg[unknown[0]],
-                          f"a key of model {name}: {sorted(accepted)}")
+    known_keys("model", cfg, accepted, f"model {name}")
     return builder(tuple(shape), latent_dim, out_channels, **cfg)
+
+
+# a model in a new file of this package registers itself on import: no line to add here
+MODELS.discover()
