@@ -113,7 +113,7 @@ def _task(cfg: Any) -> Any:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from vaesweep.train import machine_fault, objectives, run_job
+    from vaesweep.train import machine_fault, objectives, run_job  # start-up time: torch not for --help
 
     _quiet_lightning()
     try:
@@ -151,7 +151,7 @@ def hydra_main() -> Any:
 
     _quiet_known_warnings()
 
-    import vaesweep.resolvers  # noqa: F401  (resolvers used by the configs)
+    import vaesweep.resolvers  # noqa: F401  (resolvers the configs use; start-up time: torch)
 
     if not (CONF_DIR / "config.yaml").is_file():
         print(f"vaesweep: error: no config folder at {CONF_DIR} (set VAESWEEP_CONF_DIR)",

@@ -59,6 +59,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vaesweep.contract import ACTIVE_THRESHOLD
 from vaesweep.errors import ConfigError, number
 from vaesweep.integers import as_integers
 from vaesweep.likelihood.gaussian_optimal import fix_sigma_for_evaluation
@@ -82,7 +83,7 @@ DEFAULTS: dict[str, Any] = {
     "enabled": True,
     "batch_size": 256,
     "recon_points": 10_000,
-    "active_threshold": 0.01,
+    "active_threshold": ACTIVE_THRESHOLD,
     "iwae_points": 1_000,
     "iwae_k": 100,
     "iwae_max_samples": 4096,
