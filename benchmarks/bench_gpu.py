@@ -107,7 +107,7 @@ def plain(c: dict, device: str, steps: int, warmup: int, resident: bool, bf16: b
         opt.zero_grad(set_to_none=True)
         t.loss.backward()
         opt.step()
-        m.kl.advance()
+        m.loss_terms.advance()
     sync(device)
     return steps * bs / (time.perf_counter() - t0)
 
