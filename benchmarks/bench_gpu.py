@@ -16,7 +16,7 @@ Sections (each prints a table):
   ``vaesweep`` (run_job, trainer=gpu) with each fast-path option alone and all together:
   ``data_on_device``, ``precision=bf16-mixed``, ``channels_last``, ``compile``, per batch size.
 * ``concurrent``: K processes at once, each one vaesweep job with 1/K of the GPU memory
-  (what ``hydra/launcher=joblib hydra.launcher.n_jobs=K`` does, train.gpu_memory_share):
+  (what ``hydra/launcher=joblib hydra.launcher.n_jobs=K`` does, vaesweep.job.hardware.gpu_memory_share):
   total images/s on the GPU.
 * ``ensemble``: E conv64 VAEs on dSprites trained as one vectorised model (torch.func
   functional_call + vmap over stacked parameters; one Adam over the stacks is E independent
@@ -103,11 +103,11 @@ def plain(c: dict, device: str, steps: int, warmup: int, resident: bool, bf16: b
         with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16):
             mu, logvar = m.encoder(x)
             z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
-            t = m.kl(m.head.nll(m.decoder(z), x), kl_per_dim(mu, logvar))
+            t = m.loss_terms(m.head.nll(m.decoder(z), x), kl_per_dim(mu, logvar))
         opt.zero_grad(set_to_none=True)
         t.loss.backward()
         opt.step()
-        m.kl.advance()
+        m.loss_terms.advance()
     sync(device)
     return steps * bs / (time.perf_counter() - t0)
 

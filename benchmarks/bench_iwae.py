@@ -14,7 +14,7 @@ script times:
   checking that the bound is bit-identical whatever the pass size.
 
 The model is conv64 with random weights (the cost of a pass does not depend on the weights)
-and glibc's allocator as a vaesweep job sets it (train.tune_allocator).
+and glibc's allocator as a vaesweep job sets it (vaesweep.job.hardware.tune_allocator).
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def main() -> None:
     import vaesweep.metrics.iwae as iw
     from vaesweep.data.dsprites import render_classes, FACTOR_SIZES
     from vaesweep.nn import conv64
-    from vaesweep.train import tune_allocator
+    from vaesweep.job.hardware import tune_allocator
 
     tune_allocator()
     torch.manual_seed(0)

@@ -72,15 +72,17 @@ def instrument(ph: Phases):
     import lightning as L
     from lightning.pytorch.callbacks import Callback
 
+    import vaesweep.job.checks as jc
     import vaesweep.train as vt
     from vaesweep.data import VAEDataModule
     from vaesweep.module import VAEModule
     from vaesweep.tracking import TrackedRun
 
-    ph.wrap(vt, "resolve", "config: resolve + checks")
-    ph.wrap(vt, "check_job", "config: resolve + checks")
-    if hasattr(vt, "check_store"):
-        ph.wrap(vt, "check_store", "MLflow: store check")
+    # run_job calls these through vaesweep.train's names, prepare through vaesweep.job.checks'
+    for mod in (vt, jc):
+        ph.wrap(mod, "resolve", "config: resolve + checks")
+        ph.wrap(mod, "check_job", "config: resolve + checks")
+    ph.wrap(jc, "check_store", "MLflow: store check")
     ph.wrap(vt, "git_commit", "git commit lookup")
     ph.wrap(VAEDataModule, "__init__", "data: ImageSet + split")
     ph.wrap(VAEModule, "__init__", "model: build")

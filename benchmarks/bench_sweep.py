@@ -10,7 +10,7 @@ folder (new mlflow.db and optuna.db) as a subprocess; the wall time covers every
 the process start to its exit. Per-trial times come from the child runs in MLflow (start
 to end of each run), and "between trials" is the rest of the wall time divided by the
 trials: process start, imports, the study, the parent run and the sweeper's bookkeeping.
-With joblib each job gets half the cores (train.cpu_threads). The reduced budget keeps
+With joblib each job gets half the cores (vaesweep.job.hardware.cpu_threads). The reduced budget keeps
 quick's other settings (metrics=fast, 8 validation and 16 test batches, 20,000 images) and
 validates at half the steps and at the end, as quick does.
 """

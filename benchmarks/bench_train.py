@@ -65,7 +65,7 @@ def plain_loop(c, steps: int, device: str) -> dict:
     if device == "cuda":
         dm.imageset = dm.imageset.to(device)
     m = VAEModule(c, dm.imageset.shape).to(device)
-    enc, dec, head, kl = m.encoder, m.decoder, m.head, m.kl
+    enc, dec, head, kl = m.encoder, m.decoder, m.head, m.loss_terms
     opt = torch.optim.Adam(m.parameters(), lr=c["optim"]["lr"])
     idx, bs = dm.train_idx, c["data"]["batch_size"]
     g = np.random.default_rng(0)

@@ -83,7 +83,7 @@ def test_every_head_with_every_schedule_and_weighting_trains(head, part, data):
         kl = {"name": name, **FAST_KL.get(name, {})}
     torch.manual_seed(0)
     module, t = fit(config({"name": head}, kl), data, max_steps=3)
-    assert t.global_step == 3 and module.kl.step == 3
+    assert t.global_step == 3 and module.loss_terms.step == 3
     trace = module.pop_beta_trace()
     assert [s for s, _ in trace] == [0, 1, 2]
     assert all(math.isfinite(b) for _, b in trace)

@@ -225,18 +225,18 @@ def test_weight_steps_on_optimiser_steps_and_freezes_in_validation(name):
     data = digits(64)
     torch.manual_seed(0)
     module, _ = fit(config(kl=kl_cfg(name)), data, max_steps=3, accumulate_grad_batches=2)
-    assert module.kl.step == 3
+    assert module.loss_terms.step == 3
     trace = module.pop_beta_trace()
     assert [s for s, _ in trace] == [0, 0, 1, 1, 2, 2]  # two batches per optimiser step
     assert all(trace[2 * k][1] == trace[2 * k + 1][1] for k in range(3))
-    before, weight = module.kl.get_extra_state(), module.kl.beta_eff()
+    before, weight = module.loss_terms.get_extra_state(), module.loss_terms.beta_eff()
     t = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                   enable_model_summary=False, limit_val_batches=3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         t.validate(module, DataLoader(data, batch_size=16), verbose=False)
     assert "val/loss" in t.callback_metrics
-    assert module.kl.get_extra_state() == before and module.kl.beta_eff() == weight
+    assert module.loss_terms.get_extra_state() == before and module.loss_terms.beta_eff() == weight
 
 
 @pytest.mark.parametrize("name", sorted(WEIGHTINGS))
@@ -252,7 +252,7 @@ def test_resume_mid_run_continues_with_the_same_weight(name, tmp_path):
     data, cfg = digits(64), config(kl=kl_cfg(name, CYCLICAL))  # 4 steps per epoch
     torch.manual_seed(0)
     full, _ = fit(cfg, data, max_steps=16)
-    full_trace, full_state = full.pop_beta_trace(), full.kl.get_extra_state()
+    full_trace, full_state = full.pop_beta_trace(), full.loss_terms.get_extra_state()
 
     torch.manual_seed(0)
     every8 = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=8, save_top_k=-1)
@@ -261,11 +261,11 @@ def test_resume_mid_run_continues_with_the_same_weight(name, tmp_path):
     (ckpt,) = tmp_path.glob("*step=8.ckpt")
     t1.save_checkpoint(tmp_path / "after_fit.ckpt")
     for path in (ckpt, tmp_path / "after_fit.ckpt"):
-        saved = torch.load(path, weights_only=True)["state_dict"]["kl._extra_state"]
-        assert saved == first.kl.get_extra_state() and saved["step"] == 8
+        saved = torch.load(path, weights_only=True)["state_dict"]["loss_terms._extra_state"]
+        assert saved == first.loss_terms.get_extra_state() and saved["step"] == 8
 
     second = VAEModule(cfg, SHAPE)
-    assert second.kl.get_extra_state() != saved  # a fresh module starts elsewhere
+    assert second.loss_terms.get_extra_state() != saved  # a fresh module starts elsewhere
     torch.set_rng_state(rng)
     second, _ = fit(cfg, data, max_steps=16, root=tmp_path, ckpt_path=str(ckpt), module=second)
     resumed = first.pop_beta_trace() + second.pop_beta_trace()
@@ -273,7 +273,7 @@ def test_resume_mid_run_continues_with_the_same_weight(name, tmp_path):
     assert [s for s, _ in resumed] == [s for s, _ in full_trace] == list(range(16))
     assert full_trace[8][1] != full_trace[0][1]  # the resume point is not a fresh start
     assert [b for _, b in resumed] == pytest.approx([b for _, b in full_trace], rel=1e-6, abs=1e-9)
-    state = second.kl.get_extra_state()
+    state = second.loss_terms.get_extra_state()
     assert state.keys() == full_state.keys() and state["step"] == 16
     for k, v in full_state.items():
         assert state[k] == pytest.approx(v, rel=1e-6, abs=1e-9), k

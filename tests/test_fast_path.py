@@ -101,7 +101,8 @@ def test_setup_moves_the_images_only_when_asked_or_to_an_accelerator():
 def test_gpu_trainer_config_is_accepted_and_its_fast_path_keys_are_checked():
     from omegaconf import OmegaConf
 
-    from vaesweep.train import check_job, fast_path
+    from vaesweep.job.checks import check_job
+    from vaesweep.job.hardware import fast_path
     c = OmegaConf.to_container(compose(["trainer=gpu"]), resolve=True)
     check_job(c)
     trainer = dict(c["trainer"])
@@ -214,7 +215,7 @@ def test_tuned_allocator_stops_refaulting_memory_at_every_step():
         import resource, sys, torch
         torch.set_num_threads(1)
         if sys.argv[1] == "tuned":
-            from vaesweep.train import tune_allocator
+            from vaesweep.job.hardware import tune_allocator
             tune_allocator()
         from vaesweep.nn import build_model
         enc, dec = build_model({"name": "conv64"}, (1, 64, 64), 1)
@@ -260,7 +261,7 @@ def test_the_imageset_is_reused_only_for_the_same_data(tmp_path, monkeypatch):
 def test_progress_bar_is_added_once_and_only_when_shown():
     from lightning.pytorch.callbacks import TQDMProgressBar
 
-    from vaesweep.train import SparseProgressBar, progress_bar
+    from vaesweep.job.callbacks import SparseProgressBar, progress_bar
     assert progress_bar({"enable_progress_bar": False}) == []
     assert progress_bar({"enable_progress_bar": True}, [TQDMProgressBar()]) == []
     (bar,) = progress_bar({"enable_progress_bar": True, "log_every_n_steps": 7})

@@ -13,7 +13,7 @@ from test_metrics_toys import ToyData
 from vaesweep.data.base import ImageSet
 from vaesweep.errors import ConfigError
 from vaesweep.metrics import DEFAULTS, METRICS, evaluate_model, resolve_settings
-from vaesweep.names import TEST_METRICS
+from vaesweep.contract import TEST_METRICS
 
 SMALL = {
     "num_points": 300, "num_test_points": 150, "recon_points": 100, "iwae_points": 40, "iwae_k": 8,

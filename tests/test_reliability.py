@@ -287,8 +287,8 @@ def test_killed_run_resumes_from_last_checkpoint_exactly_in_the_same_mlflow_run(
     for k, v in a["state_dict"].items():
         assert (torch.equal(v, b["state_dict"][k]) if torch.is_tensor(v)
                 else v == b["state_dict"][k]), k
-    geco = b["state_dict"]["kl._extra_state"]
-    assert geco == a["state_dict"]["kl._extra_state"] and geco["step"] == 12
+    geco = b["state_dict"]["loss_terms._extra_state"]
+    assert geco == a["state_dict"]["loss_terms._extra_state"] and geco["step"] == 12
     for (i, sa), sb in zip(a["optimizer_states"][0]["state"].items(),
                            b["optimizer_states"][0]["state"].values()):
         assert all(torch.equal(sa[k], sb[k]) for k in sa), f"Adam state of parameter {i}"
@@ -309,7 +309,7 @@ def test_resume_needs_a_stable_output_folder(workdir):
     empty one, and the error says so (instead of Lightning silently starting afresh)."""
     from conftest import compose
     from vaesweep.errors import ConfigError
-    from vaesweep.train import resolve_ckpt
+    from vaesweep.job.resume import resolve_ckpt
     with pytest.raises(ConfigError, match="hydra.run.dir"):
         resolve_ckpt("last", workdir / "outputs" / "new")
     assert compose(["ckpt_path=last"]).ckpt_path == "last"

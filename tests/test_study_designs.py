@@ -77,9 +77,9 @@ def test_reduction_equivalence_pairs_sit_at_beta_eff_between_a_tenth_and_one():
 def test_geco_in_the_schedules_study_starts_at_the_common_weight():
     c = study("schedules", "+method=geco")
     constant = study("schedules", "+method=constant")
-    geco = VAEModule(c, (1, 64, 64)).kl
-    assert geco.beta_eff() == pytest.approx(VAEModule(constant, (1, 64, 64)).kl.beta_eff())
+    geco = VAEModule(c, (1, 64, 64)).loss_terms
+    assert geco.beta_eff() == pytest.approx(VAEModule(constant, (1, 64, 64)).loss_terms.beta_eff())
     # and every method's ramp ends within the study's steps
     for method in grid("schedules", "+method"):
-        kl = VAEModule(study("schedules", f"+method={method}"), (1, 64, 64)).kl
+        kl = VAEModule(study("schedules", f"+method={method}"), (1, 64, 64)).loss_terms
         assert kl.unfinished(c["trainer"]["max_steps"]) is None, method

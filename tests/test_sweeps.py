@@ -144,7 +144,7 @@ def test_two_workers_share_one_study_every_trial_once(tmp_path):
 def test_a_trial_is_born_with_its_owner_so_a_killed_sweep_leaves_no_anonymous_trial(tmp_path):
     """Asking and tagging are one transaction: a kill between them cannot leave a RUNNING
     trial without an owner, which resume would count as live forever."""
-    from hydra_plugins.vaesweep_sweepers.sweepers import ask_owned, fail_stale_trials
+    from vaesweep.sweep.sweepers import ask_owned, fail_stale_trials
     from vaesweep.tracking.stale import TAG_PID, owner
 
     study = optuna.create_study(storage=f"sqlite:///{tmp_path}/o.db", study_name="s")
@@ -308,7 +308,7 @@ def test_parallel_launchers_are_told_from_the_basic_one():
     from hydra import compose as hcompose, initialize_config_dir
 
     from conftest import CONF
-    from hydra_plugins.vaesweep_sweepers.sweepers import is_parallel_launcher
+    from vaesweep.sweep.sweepers import is_parallel_launcher
     for group, parallel in (("basic", False), ("joblib", True), ("submitit_local", True)):
         with initialize_config_dir(config_dir=str(CONF), job_name="test"):
             cfg = hcompose(config_name="config", overrides=[f"hydra/launcher={group}"],

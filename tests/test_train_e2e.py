@@ -61,7 +61,7 @@ def test_checkpoint_loads_with_weights_only(smoke_run, tmp_path):
     assert ckpt["hyper_parameters"]["cfg"]["kl"]["beta_norm"] == 0.1
     from vaesweep.module import VAEModule
     m = VAEModule.load_from_checkpoint(path, weights_only=True)
-    assert m.kl.step == 6
+    assert m.loss_terms.step == 6
 
 
 def test_a_job_that_dies_marks_its_run_failed(workdir, monkeypatch):

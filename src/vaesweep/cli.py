@@ -2,13 +2,12 @@
 subcommands ``best``, ``reproduce``, ``report`` and ``convert``."""
 from __future__ import annotations
 
-import importlib.resources
 import logging
 import os
 import sys
-from pathlib import Path
 from typing import Any, NoReturn
 
+from vaesweep.contract import conf_dir
 from vaesweep.errors import VaesweepError
 
 log = logging.getLogger("vaesweep")
@@ -17,16 +16,6 @@ log = logging.getLogger("vaesweep")
 #: callbacks, logging handlers beyond Hydra's own): none. Call sites add what they need
 #: (the sweepers: optuna.samplers.*, optuna.pruners.*), so a config cannot run other code.
 EXECUTION_WHITELIST: tuple[str, ...] = ()
-
-
-def conf_dir() -> Path:
-    """The Hydra config folder: ``$VAESWEEP_CONF_DIR`` when set, else the package's ``conf``.
-
-    In a checkout ``src/vaesweep/conf`` is a link to the top-level ``conf/`` (whose ``sweep``
-    links to ``sweeps/``), so an editable install reads the source tree; a wheel or a
-    non-editable ``pip install .`` carries both folders' YAML files as package data there."""
-    env = os.environ.get("VAESWEEP_CONF_DIR")
-    return Path(env) if env else Path(str(importlib.resources.files("vaesweep") / "conf"))
 
 
 CONF_DIR = conf_dir()
@@ -113,7 +102,7 @@ def _task(cfg: Any) -> Any:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from vaesweep.train import machine_fault, objectives, run_job
+    from vaesweep.train import machine_fault, objectives, run_job  # start-up time: torch not for --help
 
     _quiet_lightning()
     try:
@@ -151,7 +140,7 @@ def hydra_main() -> Any:
 
     _quiet_known_warnings()
 
-    import vaesweep.resolvers  # noqa: F401  (resolvers used by the configs)
+    import vaesweep.resolvers  # noqa: F401  (resolvers the configs use; start-up time: torch)
 
     if not (CONF_DIR / "config.yaml").is_file():
         print(f"vaesweep: error: no config folder at {CONF_DIR} (set VAESWEEP_CONF_DIR)",

@@ -11,7 +11,8 @@ from typing import Any, Mapping
 import lightning as L
 import torch
 
-from vaesweep.kl import LossTerms, build_weighting, kl_per_dim
+from vaesweep.contract import ACTIVE_THRESHOLD, kl_per_dim
+from vaesweep.kl import LossTerms, build_weighting
 from vaesweep.likelihood import build_head
 from vaesweep.nn import LATENT_DIM, build_model
 
@@ -20,6 +21,19 @@ from vaesweep.nn import LATENT_DIM, build_model
 #: test (DESIGN §7: < 1 % change over the last 20 % of steps) measures training drift, not the
 #: sampling noise of a one-sample ELBO (about 1 % on 1,000 MNIST images)
 EVAL_NOISE_SEED = 1234
+
+#: the state-dict prefix of the loss (the KL weighting), and the one checkpoints written before
+#: ``VAEModule.kl`` was renamed ``loss_terms`` use
+LOSS_PREFIX, OLD_LOSS_PREFIX = "loss_terms.", "kl."
+
+
+def current_keys(state: Mapping[str, Any]) -> dict[str, Any]:
+    """``state`` (a VAEModule state dict) with the keys of checkpoints written before the
+    rename of ``kl`` to ``loss_terms`` renamed, so those checkpoints still load and resume."""
+    return {(LOSS_PREFIX + k[len(OLD_LOSS_PREFIX):] if k.startswith(OLD_LOSS_PREFIX) else k): v
+            for k, v in state.items()}
+
+
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 #: optimisers given ``fused=True`` unless the config says otherwise
 FUSED = ("adam", "adamw")
@@ -41,7 +55,9 @@ class VAEModule(L.LightningModule):
         self.latent_dim = int(cfg["model"].get("latent_dim", LATENT_DIM))
         # trainer.max_steps: the unit of the schedules' default lengths (fractions of the run)
         max_steps = (cfg.get("trainer") or {}).get("max_steps")
-        self.kl = build_weighting(cfg["kl"], self.n_elements, self.latent_dim, max_steps)
+        #: the KL weighting: called on (distortion per element, KL per dim) it returns the whole
+        #: loss with its terms (:class:`~vaesweep.kl.loss.LossTerms`), distortion included
+        self.loss_terms = build_weighting(cfg["kl"], self.n_elements, self.latent_dim, max_steps)
         self.optim_cfg = dict(cfg.get("optim") or {"name": "adam", "lr": 1e-3})
         self._val_mu: list[torch.Tensor] = []
         self._val_kl: list[torch.Tensor] = []
@@ -51,6 +67,10 @@ class VAEModule(L.LightningModule):
         self._channels_last = False
         #: the generator of validation's and test's z noise, reseeded at each start
         self._eval_noise: torch.Generator | None = None
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Loads checkpoints written before ``kl`` was renamed ``loss_terms`` (their keys)."""
+        checkpoint["state_dict"] = current_keys(checkpoint["state_dict"])
 
     # -- the model, usable without a Trainer --------------------------------------------
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,7 +106,7 @@ class VAEModule(L.LightningModule):
                torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype))
         z = mu + eps * (0.5 * logvar).exp()
         nll = self.head.nll(self.decoder(z), x)
-        return self.kl(nll, kl_per_dim(mu, logvar)), mu
+        return self.loss_terms(nll, kl_per_dim(mu, logvar)), mu
 
     # -- opt-in speed-ups (conf/trainer/gpu.yaml, README "Performance") ---------------------
     def use_fast_path(self, compile: bool | str = False, channels_last: bool = False) -> "VAEModule":
@@ -119,7 +139,7 @@ class VAEModule(L.LightningModule):
             self._watch_finite(t)
             if log_now:
                 self.check_finite()
-        self.kl.observe(t)
+        self.loss_terms.observe(t)
         self._beta_trace.append((self.global_step, t.beta_eff))
         if log_now:
             self._log_terms("train", t, on_step=True)
@@ -192,7 +212,7 @@ class VAEModule(L.LightningModule):
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)
-        self.kl.advance()  # schedules and controllers step on optimiser steps only
+        self.loss_terms.advance()  # schedules and controllers step on optimiser steps only
 
     def validation_step(self, x: torch.Tensor, batch_idx: int) -> None:
         t, mu = self.terms(x)
@@ -208,12 +228,12 @@ class VAEModule(L.LightningModule):
         kl_dim = torch.stack(self._val_kl).sum(0) / n
         self._val_mu.clear(), self._val_kl.clear()
         # Burda et al. 2016: unit u is active when Cov_x(E_q[z_u|x]) > 0.01
-        metrics = {"val/active_units": float((mu.var(0, correction=0) > 0.01).sum()) if n > 1 else 0.0}
+        metrics = {"val/active_units": float((mu.var(0, correction=0) > ACTIVE_THRESHOLD).sum()) if n > 1 else 0.0}
         metrics.update({f"val/kl_dim_{j}": float(v) for j, v in enumerate(kl_dim)})
         sigma = self.head.sigma()
         if sigma is not None:
             metrics["val/sigma"] = float(sigma.detach().float().mean())
-        implied = self.head.implied_sigma(self.kl.beta_eff())
+        implied = self.head.implied_sigma(self.loss_terms.beta_eff())
         if implied is not None:
             metrics["val/implied_sigma"] = implied
         self.log_dict(metrics)

@@ -21,6 +21,7 @@ import inspect
 from pathlib import Path
 from typing import Any, Callable
 
+from vaesweep.contract import conf_dir
 from vaesweep.data.base import DATASETS, dataset_defaults
 from vaesweep.kl.schedules import SCHEDULES
 from vaesweep.kl.weighting import WEIGHTINGS
@@ -62,7 +63,6 @@ def register_schemas(conf: Path | None = None) -> list[str]:
     from hydra.core.config_store import ConfigStore
 
     if conf is None:
-        from vaesweep.cli import conf_dir
         conf = conf_dir()
     cs = ConfigStore.instance()
     # calling again (a part added since) replaces the nodes: say so where Hydra (1.4+) asks

@@ -12,11 +12,6 @@ import torch
 REDUCTIONS = ("sum", "mean")
 
 
-def kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(N(mu, exp(logvar)) ‖ N(0, 1)) per example and latent dimension, shaped (B, M)."""
-    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
-
-
 def beta_eff_from(weight: float, reduction: str, n_elements: int, n_latents: int,
                   normalised: bool) -> float:
     """beta_eff for a user weight: DESIGN §1's table.

@@ -9,25 +9,13 @@ import math
 from typing import Any
 
 import numpy as np
-import torch
 from scipy.special import logsumexp
 
+# kl_per_dim is part of this module's API (vaesweep.metrics re-exports it); defined in the contract
+from vaesweep.contract import ACTIVE_THRESHOLD, COLLAPSE_THRESHOLD, kl_per_dim  # noqa: F401
 from vaesweep.metrics._arrays import to_numpy
 
-#: Burda et al. 2016, section 5.2: a unit is active when Cov_x(E_q[z_u|x]) > 0.01
-ACTIVE_THRESHOLD = 0.01
-#: nats of mean KL below which a latent dimension counts as collapsed to the prior
-COLLAPSE_THRESHOLD = 0.01
 _LOG_2PI = math.log(2.0 * math.pi)
-
-
-def kl_per_dim(mu: Any, logvar: Any) -> Any:
-    """KL(N(mu, exp(logvar)) || N(0, 1)) per example and dimension, (B, M), in nats; closed
-    form 0.5 (mu^2 + exp(logvar) - 1 - logvar). Torch in, torch out; numpy in, numpy out."""
-    if isinstance(mu, torch.Tensor):
-        return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
-    mu, logvar = np.asarray(mu, dtype=np.float64), np.asarray(logvar, dtype=np.float64)
-    return 0.5 * (mu**2 + np.exp(logvar) - 1.0 - logvar)
 
 
 def rate(mu: Any, logvar: Any) -> Any:

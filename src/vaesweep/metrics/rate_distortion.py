@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from vaesweep.metrics.latent import kl_per_dim
+from vaesweep.contract import kl_per_dim
 
 Encode = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 LogLikelihood = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

@@ -13,8 +13,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from vaesweep.report.analysis import results_table
+from vaesweep.report.build import build_report
 from vaesweep.report.data import (DEFAULT_EXPERIMENT, DEFAULT_STORAGE, DEFAULT_URI, SweepData,
                                   load_sweep)
+from vaesweep.report.html import render_html
+from vaesweep.report.markdown import render_markdown
+from vaesweep.tracking.run import set_note
 
 log = logging.getLogger(__name__)
 #: where the report's files go inside the parent run's artifacts
@@ -27,9 +32,6 @@ def write_report(report: Any, out: str | Path) -> dict[str, Path]:
     """Write ``report.html``, ``report.md``, ``answer.md``, ``runs.csv`` (one row per run:
     weights, D, R, active units, convergence) and every figure as ``NAME.png`` (the main one:
     ``rate_distortion.png``) into ``out``; returns the paths by name."""
-    from vaesweep.report.html import render_html
-    from vaesweep.report.markdown import render_markdown
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
@@ -44,7 +46,6 @@ def write_report(report: Any, out: str | Path) -> dict[str, Path]:
     paths["answer.md"] = out / "answer.md"
     paths["answer.md"].write_text(report.answer.markdown(), encoding="utf-8")
     if getattr(report, "runs", None) is not None and len(report.runs):
-        from vaesweep.report.analysis import results_table
         # the numbers behind the answer, one row per run: what `vaesweep convert` cites
         paths["runs.csv"] = out / "runs.csv"
         results_table(report.runs).to_csv(paths["runs.csv"], index=False)
@@ -59,7 +60,6 @@ def log_report(data: SweepData, paths: dict[str, Path]) -> None:
     for p in paths.values():
         data.client.log_artifact(data.parent_run_id, str(p), ARTIFACT_DIR)
     if "answer.md" in paths:
-        from vaesweep.tracking.run import set_note
         set_note(data.client, data.parent_run_id, paths["answer.md"].read_text(encoding="utf-8"))
     log.info("logged %d file(s) to the parent run %s under %s/", len(paths),
              data.parent_run_id, ARTIFACT_DIR)
@@ -71,8 +71,6 @@ def make_report(sweep: str, tracking_uri: str = DEFAULT_URI, *,
                 max_images: int = 6, log_to_mlflow: bool = True) -> dict[str, Path]:
     """Load ``sweep``, build and write its report into ``out`` (default ``report_<sweep>``),
     and log it to the parent run; returns the written paths."""
-    from vaesweep.report.build import build_report
-
     data = load_sweep(sweep, tracking_uri, experiment=experiment, storage=storage,
                       parent_run_id=parent_run_id)
     report = build_report(data, max_images=max_images)

@@ -14,10 +14,9 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from vaesweep.contract import COLLAPSE_THRESHOLD
 
-#: a latent whose final KL is below this carries no information (Burda et al. 2016 use the
-#: same 0.01 on the variance of its posterior mean)
-COLLAPSE_NATS = 0.01
+
 #: structure metrics in order of preference: factors (dSprites), then labels
 STRUCTURE_METRICS = ("test/mig", "test/linear_probe_acc", "test/knn_acc")
 #: weighting methods whose weight moves during training (besides non-constant schedules)
@@ -550,7 +549,7 @@ def dynamics_table(runs: pd.DataFrame, hist: pd.DataFrame) -> pd.DataFrame:
         kl_keys = sorted({k for k in (h["key"] if not h.empty else []) if k.startswith("val/kl_dim_")})
         kl_last = [last(k) for k in kl_keys]
         m = len(kl_last) or (r.get("latent_dim") or 0)
-        dead = sum(1 for v in kl_last if v < COLLAPSE_NATS)
+        dead = sum(1 for v in kl_last if v < COLLAPSE_THRESHOLD)
         au = last("val/active_units")
         if not np.isfinite(au):
             au = r.get("active_units", float("nan"))

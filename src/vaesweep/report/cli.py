@@ -7,6 +7,7 @@ import os
 import sys
 from typing import Sequence
 
+from vaesweep.report import make_report
 from vaesweep.report.data import DEFAULT_EXPERIMENT, DEFAULT_STORAGE, DEFAULT_URI
 
 DESCRIPTION = """\
@@ -59,8 +60,6 @@ def report_main(argv: Sequence[str]) -> int:
         logging.basicConfig(level=logging.WARNING if a.quiet else logging.INFO,
                             format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s",
                             stream=sys.stderr)
-    from vaesweep.report import make_report
-
     paths = make_report(a.sweep, a.tracking_uri, storage=a.storage, out=a.out,
                         experiment=a.experiment, parent_run_id=a.parent,
                         max_images=a.max_images, log_to_mlflow=not a.no_log)

@@ -41,26 +41,25 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
-from urllib.parse import urlparse
 
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
+from vaesweep.contract import (ATTR_RUN_ID, COLLAPSE_THRESHOLD, DEFAULT_STORAGE,
+                               DEFAULT_TRACKING_URI, TAG_DATA_SHAPE, TAG_ERROR, TAG_OVERRIDES, TAG_PARENT, TAG_ROLE,
+                               TAG_SCHEDULE_UNFINISHED, TAG_STATE, TAG_STUDY, TAG_SWEEP, TAG_TRIAL,
+                               sqlite_path)
 from vaesweep.errors import ConfigError
+from vaesweep.tracking.run import check_tracking_uri  # noqa: F401  (part of this module's API)
 from vaesweep.kl.loss import beta_eff_from
-from vaesweep.names import TAG_SCHEDULE_UNFINISHED
-from vaesweep.report.analysis import (COLLAPSE_NATS, FEEDBACK_WEIGHTINGS,  # noqa: F401 (re-exported)
+from vaesweep.report.analysis import (FEEDBACK_WEIGHTINGS,  # noqa: F401 (re-exported)
                                       STRUCTURE_METRICS, complete_runs, mark_pareto,
                                       structure_metric, weight_column)
-from vaesweep.tracking.run import TAG_DATA_SHAPE
 
 log = logging.getLogger(__name__)
 
-DEFAULT_URI = "sqlite:///mlflow.db"
-DEFAULT_STORAGE = "sqlite:///optuna.db"
+DEFAULT_URI = DEFAULT_TRACKING_URI
 DEFAULT_EXPERIMENT = "vaesweep"
-TAG_SWEEP, TAG_ROLE, TAG_STUDY, TAG_PARENT = (
-    "vaesweep.sweep", "vaesweep.role", "vaesweep.study", "mlflow.parentRunId")
 _KL_DIM = re.compile(r"^val/kl_dim_(\d+)$")
 
 
@@ -123,28 +122,6 @@ def parse_value(v: Any) -> Any:
     return v
 
 
-def _sqlite_path(uri: str) -> Path | None:
-    if not uri.startswith("sqlite:///"):
-        return None
-    p = uri[len("sqlite:///"):]
-    return None if p in ("", ":memory:") else Path(p)
-
-
-def check_tracking_uri(uri: str) -> None:
-    """A SQLite store that does not exist is a user error (MLflow would create an empty one)."""
-    if "://" not in uri and not uri.startswith("databricks"):
-        raise ConfigError("--tracking-uri", uri, "an MLflow tracking URI such as "
-                          "sqlite:///mlflow.db or http://127.0.0.1:5000")
-    p = _sqlite_path(uri)
-    if p is not None and not p.is_file():
-        raise ConfigError("--tracking-uri", uri, "an existing MLflow store",
-                          hint=f"{p} does not exist: run a sweep first, e.g. "
-                               "`vaesweep -m +sweep=quick`, or pass --tracking-uri")
-    if urlparse(uri).scheme == "file":
-        raise ConfigError("--tracking-uri", uri, "a database or server URI (sqlite:///..., "
-                          "postgresql://..., http://...)")
-
-
 def known_sweeps(client: MlflowClient, experiment: str) -> list[str]:
     """Sweep names that have a parent run in ``experiment``."""
     exp = client.get_experiment_by_name(experiment)
@@ -193,7 +170,7 @@ def _method(params: Mapping[str, Any], overrides: str) -> str:
 
 
 def _state(status: str, tags: Mapping[str, str]) -> str:
-    if tags.get("vaesweep.state") == "PRUNED":
+    if tags.get(TAG_STATE) == "PRUNED":
         return "PRUNED"
     return {"FINISHED": "COMPLETE"}.get(status, status)
 
@@ -249,7 +226,7 @@ def run_row(run: Any) -> dict[str, Any]:
     params = {k: parse_value(v) for k, v in run.data.params.items()}
     metrics = dict(run.data.metrics)
     tags = run.data.tags
-    trial = tags.get("vaesweep.trial")
+    trial = tags.get(TAG_TRIAL)
     row: dict[str, Any] = {
         "run_id": run.info.run_id,
         "run_name": run.info.run_name,
@@ -257,8 +234,8 @@ def run_row(run: Any) -> dict[str, Any]:
         "state": _state(run.info.status, tags),
         "trial": int(trial) if trial not in (None, "") and str(trial).isdigit() else None,
         "parent_run_id": tags.get(TAG_PARENT),
-        "overrides": tags.get("vaesweep.overrides", ""),
-        "error": tags.get("vaesweep.error"),
+        "overrides": tags.get(TAG_OVERRIDES, ""),
+        "error": tags.get(TAG_ERROR),
         "start_time": pd.to_datetime(run.info.start_time, unit="ms") if run.info.start_time else None,
     }
     row.update(params)
@@ -290,7 +267,7 @@ def run_row(run: Any) -> dict[str, Any]:
         "rate": _first(metrics, ("test/rate", "val/rate")),
         "active_units": _first(metrics, ("test/active_units", "val/active_units")),
         "latent_dim": int(latent_dim) if isinstance(latent_dim, (int, float)) else None,
-        "collapsed_dims": (sum(1 for v in kl_dims.values() if v < COLLAPSE_NATS)
+        "collapsed_dims": (sum(1 for v in kl_dims.values() if v < COLLAPSE_THRESHOLD)
                            if kl_dims else None),
     })
     return row
@@ -351,13 +328,13 @@ def download_artifact(client: MlflowClient, run_id: str, name: str, dst: str | P
 def study_info(name: str, storage: str, df: pd.DataFrame) -> tuple[StudyInfo | None, pd.DataFrame]:
     """The Optuna study ``name`` in ``storage`` (None when there is none) and ``df`` with the
     trials' states and values joined on the MLflow run id."""
-    p = _sqlite_path(storage)
+    p = sqlite_path(storage)
     if p is not None and not p.is_file():
         log.info("no Optuna storage at %s: reporting from MLflow only", storage)
         return None, df
     import optuna
 
-    from vaesweep.sweep.best import best_trials
+    from vaesweep.sweep.best import best_trials  # start-up time: Optuna only when a study is read
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         if name not in optuna.get_all_study_names(storage):
@@ -377,7 +354,7 @@ def study_info(name: str, storage: str, df: pd.DataFrame) -> tuple[StudyInfo | N
                      directions=[d.name.lower() for d in study.directions], states=states,
                      best_trials=sorted(t.number for t in best_trials(study)),
                      n_trials=len(trials))
-    by_run = {t.user_attrs.get("mlflow_run_id"): t for t in trials}
+    by_run = {t.user_attrs.get(ATTR_RUN_ID): t for t in trials}
     if not df.empty:
         df = df.copy()
         df["optuna_state"] = [by_run[r].state.name if r in by_run else None for r in df["run_id"]]

@@ -19,6 +19,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from vaesweep.contract import COLLAPSE_THRESHOLD
 from vaesweep.report.analysis import (complete_runs, elbo_weight, over_seeds, pareto_mask,
                                       run_label, structure_metric, weight_column)
 
@@ -239,7 +240,7 @@ def kl_per_dim_over_steps(runs: pd.DataFrame, hist: pd.DataFrame, max_runs: int 
             s = s.sort_values("step")
             ax.plot(s["step"], s["value"], color=cmap(j % 10), lw=1,
                     marker="." if len(s) < 20 else None)
-        ax.axhline(0.01, color="0.4", ls=":", lw=1)
+        ax.axhline(COLLAPSE_THRESHOLD, color="0.4", ls=":", lw=1)
         ax.set_title(f"{r['method']} · {r['head']} · seed {r['seed']}", fontsize=8)
         ax.set_xlabel("step", fontsize=8)
         ax.set_ylabel("KL (nats)", fontsize=8)
@@ -247,7 +248,7 @@ def kl_per_dim_over_steps(runs: pd.DataFrame, hist: pd.DataFrame, max_runs: int 
         ax.grid(alpha=0.3)
     for ax in axes[n:]:
         ax.axis("off")
-    fig.suptitle("KL per latent dimension over training (dotted: 0.01 nats)", fontsize=10)
+    fig.suptitle(f"KL per latent dimension over training (dotted: {COLLAPSE_THRESHOLD:g} nats)", fontsize=10)
     fig.tight_layout()
     return fig
 

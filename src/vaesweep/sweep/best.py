@@ -13,11 +13,12 @@ import optuna
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
+from vaesweep.contract import (ATTR_RUN_ID, DEFAULT_STORAGE, TAG_REPRODUCES, TAG_SWEEP,
+                               TAG_TRIAL)
+from vaesweep.contract import DEFAULT_TRACKING_URI as DEFAULT_URI
 from vaesweep.errors import ConfigError, VaesweepError
-from vaesweep.tracking import TAG_SWEEP, TAG_TRIAL
+from vaesweep.tracking.run import check_tracking_uri, sqlite_path
 
-DEFAULT_STORAGE = "sqlite:///optuna.db"
-DEFAULT_URI = "sqlite:///mlflow.db"
 
 
 def best_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -30,13 +31,12 @@ def best_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 def summary_rows(study: optuna.Study, names: Sequence[str]) -> list[dict[str, Any]]:
     return [{"trial": t.number, "values": dict(zip(names, t.values)), "params": t.params,
-             "mlflow_run_id": t.user_attrs.get("mlflow_run_id")} for t in best_trials(study)]
+             ATTR_RUN_ID: t.user_attrs.get(ATTR_RUN_ID)} for t in best_trials(study)]
 
 
 def load_study(name: str, storage: str) -> optuna.Study:
     """Study ``name`` of ``storage``; a read: an SQLite file that is not there is an error,
     not a new empty database."""
-    from vaesweep.tracking.run import sqlite_path
     path = sqlite_path(storage)
     if path is not None and not path.is_file():
         raise ConfigError("--storage", storage, "an existing Optuna storage",
@@ -112,9 +112,8 @@ def best_main(argv: Sequence[str]) -> int:
         print(f"  trial {t.number}: {vals}\n    params: {params}\n"
               f"    mlflow run: {t.user_attrs.get('mlflow_run_id')}")
     first = best[0]
-    run_id = first.user_attrs.get("mlflow_run_id")
+    run_id = first.user_attrs.get(ATTR_RUN_ID)
     if run_id:
-        from vaesweep.report.data import check_tracking_uri
         check_tracking_uri(a.tracking_uri)  # a read: no new empty store (MlflowClient makes one)
         cfg = run_config(MlflowClient(tracking_uri=a.tracking_uri), run_id)
         out = Path(a.out or f"best_{a.sweep}.yaml")
@@ -125,7 +124,6 @@ def best_main(argv: Sequence[str]) -> int:
 
 
 def _has_run(uri: str, run_id: str) -> bool:
-    from vaesweep.tracking.run import sqlite_path
     path = sqlite_path(uri)
     if path is not None and not path.is_file():
         return False
@@ -143,7 +141,6 @@ def reproduce_main(argv: Sequence[str]) -> int:
     p.add_argument("source", help="an MLflow run id, or a config YAML file")
     p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI)
     a = p.parse_args(list(argv))
-    from vaesweep.report.data import check_tracking_uri
     original: str | None = None
     if Path(a.source).is_file():
         cfg = OmegaConf.load(a.source)
@@ -160,8 +157,8 @@ def reproduce_main(argv: Sequence[str]) -> int:
     cfg.study.trial = None
     cfg.study.parent_run_id = None
     cfg.tracking.uri = a.tracking_uri
-    from vaesweep.train import run_job
-    tags = {"vaesweep.reproduces": original or str(a.source)}
+    from vaesweep.train import run_job  # start-up time: torch only when reproducing
+    tags = {TAG_REPRODUCES: original or str(a.source)}
     metrics = run_job(cfg, tags=tags)
     new_id = metrics.pop("_run_id")
     if original is None:

@@ -13,10 +13,13 @@ from typing import Any, Mapping, Sequence
 
 from mlflow.tracking import MlflowClient
 
-from vaesweep.tracking import TAG_COMMIT, TAG_SWEEP, TrackedRun, git_commit
+from vaesweep.contract import (ATTR_RUN_ID, DEFAULT_TRACKING_URI, TAG_COMMIT, TAG_HOST, TAG_ROLE,
+                               TAG_STUDY, TAG_SWEEP, absolute_sqlite)
+from vaesweep.sweep.best import best_trials
+from vaesweep.sweep.progress import current
+from vaesweep.tracking import TrackedRun, git_commit
 
 log = logging.getLogger(__name__)
-TAG_STUDY, TAG_ROLE = "vaesweep.study", "vaesweep.role"
 
 
 def find_parent(client: MlflowClient, experiment: str, sweep: str, study: str | None) -> str | None:
@@ -37,7 +40,7 @@ def open_parent(uri: str, experiment: str, sweep: str, study: str | None,
     client = MlflowClient(tracking_uri=uri)
     run_id = find_parent(client, experiment, sweep, study) if resume else None
     tags = {TAG_ROLE: "parent", TAG_SWEEP: sweep, TAG_COMMIT: git_commit(),
-            "vaesweep.host": socket.gethostname()}
+            TAG_HOST: socket.gethostname()}
     if study:
         tags[TAG_STUDY] = study
     run = TrackedRun(uri, experiment, run_name=f"sweep:{sweep}", tags=tags, run_id=run_id)
@@ -61,7 +64,6 @@ class InjectingLauncher:
         per_job = self.per_job or [[] for _ in job_overrides]
         self.per_job = None
         batch = [list(o) + self.extra + list(p) for o, p in zip(job_overrides, per_job)]
-        from vaesweep.sweep.progress import current
         progress = current()
         if progress is None:
             return self.launcher.launch(batch, initial_job_idx=initial_job_idx)
@@ -80,7 +82,6 @@ def job_overrides(config: Any, parent_run_id: str) -> list[str]:
     """The overrides every job of a sweep gets: its parent run, and the sweep's SQLite stores
     as absolute paths. A launcher may run a job in another folder (a Ray worker runs in the
     folder its cluster was started from), where ``sqlite:///mlflow.db`` would be another file."""
-    from vaesweep.train import absolute_sqlite
     out = [f"study.parent_run_id={parent_run_id}"]
     study, tracking = config.get("study") or {}, config.get("tracking") or {}
     for key, value in (("study.storage", study.get("storage")), ("tracking.uri", tracking.get("uri"))):
@@ -96,7 +97,7 @@ def sweep_settings(config: Any) -> Mapping[str, Any]:
     choices = config.hydra.runtime.choices
     name = study.get("name") or choices.get("sweep") or "adhoc"
     tracking = config.get("tracking") or {}
-    uri = tracking.get("uri") or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    uri = tracking.get("uri") or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     return {"sweep": str(name), "uri": str(uri),
             "experiment": str(tracking.get("experiment") or "vaesweep")}
 
@@ -112,7 +113,6 @@ def study_note(study: Any, names: Sequence[str], n_trials: int) -> str:
     ``vaesweep report`` replaces it with the report's answer."""
     from collections import Counter
 
-    from vaesweep.sweep.best import best_trials
     states = Counter(t.state.name for t in study.trials)
     dirs = [d.name.lower() for d in study.directions]
     lines = [f"**Sweep `{study.study_name}`** (Optuna): "
@@ -128,7 +128,7 @@ def study_note(study: Any, names: Sequence[str], n_trials: int) -> str:
                   "|---" * (len(params) + len(names) + 2) + "|"]
         for t in sorted(best, key=lambda t: t.number):
             cells = [str(t.number), *(_number(t.params.get(k, "")) for k in params),
-                     *(_number(v) for v in t.values), str(t.user_attrs.get("mlflow_run_id", ""))]
+                     *(_number(v) for v in t.values), str(t.user_attrs.get(ATTR_RUN_ID, ""))]
             lines.append("| " + " | ".join(cells) + " |")
     else:
         lines += ["", "No trial has finished."]

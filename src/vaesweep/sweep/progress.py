@@ -21,6 +21,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from lightning.pytorch.callbacks import Callback
 
+from vaesweep.errors import ConfigError, number
+
 log = logging.getLogger("vaesweep.sweep")
 
 DISPLAYS = ("auto", "live", "lines", "off")
@@ -35,7 +37,6 @@ def current() -> "SweepProgress | None":
 def check_progress(c: Mapping[str, Any]) -> None:
     """``progress.display`` and ``progress.every_s`` (checked with the job's config, so a bad
     value stops a sweep before its first trial)."""
-    from vaesweep.errors import ConfigError, number
     p = c.get("progress") or {}
     if p.get("display", "auto") not in DISPLAYS:
         raise ConfigError("progress.display", p.get("display"), list(DISPLAYS))

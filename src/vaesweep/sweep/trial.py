@@ -11,6 +11,8 @@ from typing import Any, Mapping
 import optuna
 from lightning.pytorch.callbacks import Callback
 
+from vaesweep.sweep.compat import trial_by_number
+
 log = logging.getLogger(__name__)
 
 
@@ -32,10 +34,7 @@ def open_trial(study_cfg: Mapping[str, Any], pruner_cfg: Any = None) -> optuna.T
         pruner = instantiate(pruner_cfg, _execution_whitelist_=("optuna.pruners.*",))
     study = optuna.load_study(study_name=study_cfg["name"], storage=storage(study_cfg["storage"]),
                               pruner=pruner)
-    # Optuna has no public "trial by number" for ask/tell across processes
-    trial_id = study._storage.get_trial_id_from_study_id_trial_number(
-        study._study_id, int(study_cfg["trial"]))
-    return optuna.trial.Trial(study, trial_id)
+    return trial_by_number(study, int(study_cfg["trial"]))
 
 
 class OptunaPruning(Callback):

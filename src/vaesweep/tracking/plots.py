@@ -14,6 +14,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from vaesweep.contract import COLLAPSE_THRESHOLD  # noqa: E402
+
 
 def _to_hwc(img: np.ndarray) -> np.ndarray:
     img = np.clip(np.asarray(img, dtype=np.float32), 0, 1)
@@ -69,7 +71,7 @@ def traversals_figure(rows: np.ndarray, kl_per_dim: np.ndarray | None = None) ->
                       "latent traversals (row: dimension, KL nats)", cell=0.8)
 
 
-def kl_per_dim_figure(kl_per_dim: np.ndarray, threshold: float = 0.01) -> Figure:
+def kl_per_dim_figure(kl_per_dim: np.ndarray, threshold: float = COLLAPSE_THRESHOLD) -> Figure:
     """Bar chart of the mean KL of each latent dimension (nats)."""
     fig, ax = plt.subplots(figsize=(max(4, 0.45 * len(kl_per_dim) + 1), 3))
     colors = ["tab:blue" if v > threshold else "tab:gray" for v in kl_per_dim]

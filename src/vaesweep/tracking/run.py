@@ -13,21 +13,22 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 from typing import Any, Iterable, Iterator, Mapping
 
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
+from vaesweep.errors import ConfigError
+from vaesweep.tracking.stale import owner
+
+from vaesweep.contract import (MODEL_TRAINING, TAG_CHANGED_PARAMS, TAG_COMMIT, TAG_DATA_SHAPE,  # noqa: F401
+                               TAG_ERROR, TAG_EXPERIMENT_KIND, TAG_PARENT, TAG_PREVIOUS_ERROR,
+                               TAG_RESUMES, TAG_STATE, TAG_SWEEP, TAG_TRIAL, sqlite_path)
+
 log = logging.getLogger(__name__)
 
-TAG_SWEEP, TAG_TRIAL, TAG_COMMIT, TAG_PARENT = (
-    "vaesweep.sweep", "vaesweep.trial", "vaesweep.git_commit", "mlflow.parentRunId")
-#: the shape (C,H,W) of the run's images: N = C·H·W places the ELBO's weight, beta_norm = M/N
-TAG_DATA_SHAPE = "vaesweep.data_shape"
 MAX_PARAM = 6000  # MLflow's limit on a param value's length
-#: MLflow 3's experiment kind: a model-training experiment opens on the runs table (without the
-#: tag the UI guesses, and files runs with no traces under GenAI "Evaluations")
-TAG_EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 #: what MLflow's UI shows in a run's Source column: the command that made it
 SOURCE_NAME = "vaesweep"
 
@@ -59,22 +60,11 @@ TRACKING = ("tracking.uri", "a reachable, writable MLflow tracking store")
 def store_error(uri: str, e: BaseException, key: tuple[str, str] = TRACKING) -> Exception:
     """A failure of a store itself (unreachable, unwritable, disk full) as one clear
     :class:`ConfigError` naming its key (default ``tracking.uri``)."""
-    from vaesweep.errors import ConfigError
     detail = str(getattr(e, "message", None) or e).strip().splitlines()
     detail = detail[0][:300] if detail else ""
     if "sqlite" in uri and ("unable to open" in detail or "readonly" in detail):
         detail += " (is the folder writable?)"
     return ConfigError(key[0], uri, key[1], f"{type(e).__name__}: {detail}")
-
-
-def sqlite_path(uri: str) -> Path | None:
-    """The file of an ``sqlite:///`` URL (relative: ``sqlite:///x.db``, absolute:
-    ``sqlite:////abs/x.db``), or None for other stores and in-memory databases."""
-    if not uri.startswith("sqlite") or "://" not in uri:
-        return None
-    path = uri.split("://", 1)[1].split("?", 1)[0]
-    path = path[1:] if path.startswith("/") else path
-    return None if path in ("", ":memory:") else Path(path).expanduser()
 
 
 @contextlib.contextmanager
@@ -102,7 +92,6 @@ def check_store(uri: str, key: tuple[str, str] = TRACKING, timeout: float = 10.0
     a store cannot be used: an SQLite file in a folder that cannot be written, a database server
     that does not answer, an HTTP server without MLflow's ``/health``. (MLflow itself retries an
     unreachable database for about 100 s before it gives up.)"""
-    from vaesweep.errors import ConfigError
     scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else ""
     if scheme == "sqlite":
         path = sqlite_path(uri)
@@ -145,6 +134,21 @@ def check_store(uri: str, key: tuple[str, str] = TRACKING, timeout: float = 10.0
                 r.read(100)
         except (OSError, urllib.error.URLError) as e:
             raise store_error(uri, e, key) from None
+
+
+def check_tracking_uri(uri: str) -> None:
+    """A SQLite store that does not exist is a user error (MLflow would create an empty one)."""
+    if "://" not in uri and not uri.startswith("databricks"):
+        raise ConfigError("--tracking-uri", uri, "an MLflow tracking URI such as "
+                          "sqlite:///mlflow.db or http://127.0.0.1:5000")
+    p = sqlite_path(uri)
+    if p is not None and not p.is_file():
+        raise ConfigError("--tracking-uri", uri, "an existing MLflow store",
+                          hint=f"{p} does not exist: run a sweep first, e.g. "
+                               "`vaesweep -m +sweep=quick`, or pass --tracking-uri")
+    if urlparse(uri).scheme == "file":
+        raise ConfigError("--tracking-uri", uri, "a database or server URI (sqlite:///..., "
+                          "postgresql://..., http://...)")
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:
@@ -209,7 +213,6 @@ class TrackedRun:
 
     def __init__(self, uri: str, experiment: str, run_name: str | None = None,
                  tags: Mapping[str, str] | None = None, run_id: str | None = None) -> None:
-        from vaesweep.tracking.stale import TAG_ERROR, owner
         self.uri = uri
         check_store(uri)
         self._params: dict[str, str] = {}  # a continued run's params (they are immutable)
@@ -224,10 +227,10 @@ class TrackedRun:
                 run = self.client.get_run(run_id)
                 self._params = dict(run.data.params)
                 # a continued run: now owned by this process, its old error kept aside
-                resumes = int(run.data.tags.get("vaesweep.resumes", 0)) + 1
-                self.client.set_tag(run_id, "vaesweep.resumes", str(resumes))
+                resumes = int(run.data.tags.get(TAG_RESUMES, 0)) + 1
+                self.client.set_tag(run_id, TAG_RESUMES, str(resumes))
                 if TAG_ERROR in run.data.tags:
-                    self.client.set_tag(run_id, "vaesweep.previous_error",
+                    self.client.set_tag(run_id, TAG_PREVIOUS_ERROR,
                                         run.data.tags[TAG_ERROR])
                     self.client.delete_tag(run_id, TAG_ERROR)
                 for k, v in {**owner(), **source_tags(), **(tags or {})}.items():
@@ -235,8 +238,7 @@ class TrackedRun:
                 self.client.update_run(run_id, status="RUNNING")
         except Exception as e:
             if getattr(e, "error_code", None) == "RESOURCE_DOES_NOT_EXIST" and run_id:
-                from vaesweep.errors import ConfigError
-                raise ConfigError("run_id", run_id, f"a run of the tracking store {uri}") from None
+                            raise ConfigError("run_id", run_id, f"a run of the tracking store {uri}") from None
             raise store_error(uri, e) from None
         self.run_id = run.info.run_id
         self.experiment_id = run.info.experiment_id
@@ -265,9 +267,9 @@ class TrackedRun:
             status = "FAILED"
         try:
             if exc_type is not None and exc_type.__name__ == "TrialPruned":
-                self.client.set_tag(self.run_id, "vaesweep.state", "PRUNED")
+                self.client.set_tag(self.run_id, TAG_STATE, "PRUNED")
             if exc is not None:
-                self.client.set_tag(self.run_id, "vaesweep.error",
+                self.client.set_tag(self.run_id, TAG_ERROR,
                                     f"{exc_type.__name__}: {exc}"[:5000])
             self.client.set_terminated(self.run_id, status)
             if isinstance(exc, Interrupted):
@@ -289,7 +291,7 @@ class TrackedRun:
             changed = [f"{p.key}: {self._params[p.key]} -> {p.value}" for p in items
                        if p.key in self._params and self._params[p.key] != p.value]
             if changed:
-                self.client.set_tag(self.run_id, "vaesweep.changed_params",
+                self.client.set_tag(self.run_id, TAG_CHANGED_PARAMS,
                                     "; ".join(changed)[:5000])
             items = [p for p in items if p.key not in self._params]
             self._params.update({p.key: p.value for p in items})

@@ -16,10 +16,10 @@ import socket
 import time
 from typing import Any
 
+from vaesweep.contract import TAG_ERROR, TAG_HOST, TAG_PID, TAG_PID_START
+
 log = logging.getLogger(__name__)
 
-TAG_HOST, TAG_PID, TAG_PID_START = "vaesweep.host", "vaesweep.pid", "vaesweep.pid_start"
-TAG_ERROR = "vaesweep.error"
 
 
 def process_start(pid: int) -> str | None:

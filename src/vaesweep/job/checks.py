@@ -1,0 +1,184 @@
+"""The checks that belong to a job (each part checks its own keys when it is built): the
+resolved config, the job's own keys, the Trainer's numbers, the objectives a sweep reads, and
+:func:`prepare`, everything a job checks before it trains. Each raises vaesweep's
+:class:`~vaesweep.errors.ConfigError` naming the key at the first bad value."""
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any, Mapping
+
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
+
+import vaesweep.resolvers  # noqa: F401  (resolvers the configs use)
+from vaesweep.contract import METRIC_NAMES, TEST_METRICS, absolute_sqlite, is_metric_name
+from vaesweep.data import VAEDataModule
+from vaesweep.errors import ConfigError, number
+from vaesweep.job.hardware import FAST_PATH, check_fast_path
+from vaesweep.job.resume import check_checkpoint, resolve_ckpt
+from vaesweep.metrics.evaluate import FACTOR_METRICS, LABEL_METRICS, resolve_settings
+from vaesweep.module import OPTIMIZERS, VAEModule
+from vaesweep.sweep.progress import check_progress
+from vaesweep.tracking.run import check_store
+
+
+def resolve(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """The resolved config as plain containers; a missing mandatory value is a ConfigError."""
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.create(dict(cfg))
+    try:
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # type: ignore
+    except MissingMandatoryValue as e:
+        raise ConfigError(str(e.full_key), "???", "a value (this key has no default)") from None
+    except InterpolationResolutionError as e:
+        raise ConfigError(str(getattr(e, "full_key", "?")), "interpolation", str(e)) from None
+
+
+
+def check_job(c: Mapping[str, Any]) -> None:
+    """The job's own keys of the resolved config ``c``: seed, objective, trainer arguments and
+    fast path, tracking, progress, optimiser, batch size, tracking URI, ``study.prune_on`` and
+    ``metrics``. Raises ConfigError naming the first bad key, its value and what is allowed."""
+    number("seed", c.get("seed", 0), 0, 2**32 - 1, integer=True)
+    objective = c.get("objective") or []
+    if isinstance(objective, str):
+        objective = [objective]
+    for name in objective:
+        if not is_metric_name(name):
+            raise ConfigError("objective", name, "metric names of DESIGN §4: " + ", ".join(METRIC_NAMES))
+    accepted = set(inspect.signature(L.Trainer.__init__).parameters) - {"self"}
+    for key in c.get("trainer", {}):
+        if key not in accepted and key not in FAST_PATH:
+            raise ConfigError(f"trainer.{key}", c["trainer"][key], "a lightning.Trainer argument")
+    check_fast_path(c.get("trainer", {}))
+    check_trainer_numbers(c.get("trainer", {}))
+    number("tracking.n_images", (c.get("tracking") or {}).get("n_images", 8), 1, integer=True)
+    check_progress(c)
+    optim = c.get("optim") or {}
+    if optim.get("name") not in OPTIMIZERS:
+        raise ConfigError("optim.name", optim.get("name"), sorted(OPTIMIZERS))
+    number("optim.lr", optim.get("lr", 1e-3), 0.0, lo_open=True)
+    number("data.batch_size", c["data"].get("batch_size", 64), 1, integer=True)
+    uri = str(c["tracking"]["uri"])
+    if "://" not in uri and not uri.startswith("databricks"):
+        raise ConfigError("tracking.uri", uri, "an MLflow tracking URI such as sqlite:///mlflow.db, "
+                          "postgresql://..., http://host:port")
+    prune_on = (c.get("study") or {}).get("prune_on")
+    if prune_on is not None and not (str(prune_on).startswith("val/") and is_metric_name(str(prune_on))):
+        raise ConfigError("study.prune_on", prune_on, "null or a val/* metric name (reported at "
+                          "each validation): " + ", ".join(VAL_NAMES) + ", val/kl_dim_<j>")
+    resolve_settings(c.get("metrics"))  # checked now, not after training
+
+
+#: the metrics a job reports at each validation (what a pruner can read)
+VAL_NAMES = tuple(n for n in METRIC_NAMES if n.startswith("val/"))
+#: test/* names computed by the evaluation, and the ``metrics.enabled`` entry that computes each
+EVALUATED = {f"test/{m}": ("dci" if m.startswith("dci_") else m) for m in TEST_METRICS}
+
+
+def check_objectives(c: Mapping[str, Any], imageset: Any, module: VAEModule) -> None:
+    """Every objective (and ``study.prune_on``) names a metric this job will produce, given
+    its data, model, validation and ``metrics.enabled``: a sweep whose objective is never
+    logged would fail every trial with a NaN objective, or prune nothing."""
+    enabled = set(resolve_settings(c.get("metrics"))["enabled"])
+    names = c.get("objective") or []
+    names = [("objective", str(n)) for n in ([names] if isinstance(names, str) else names)]
+    if (c.get("study") or {}).get("prune_on"):
+        names.append(("study.prune_on", str(c["study"]["prune_on"])))
+    data = (c.get("data") or {}).get("name")
+    for key, name in names:
+        need = ""
+        if name in EVALUATED:
+            source = EVALUATED[name]
+            if source not in enabled:
+                need = (f"metrics.enabled to include {source} (it is "
+                        f"{sorted(enabled) if enabled else 'false'})")
+            elif source in FACTOR_METRICS and getattr(imageset, "factors", None) is None:
+                need = (f"data with ground-truth factors, such as data=dsprites (data {data!r} "
+                        "has none)")
+            elif source in LABEL_METRICS and getattr(imageset, "labels", None) is None:
+                need = f"data with class labels (data {data!r} has none)"
+        elif name.startswith("val/"):
+            limit = (c.get("trainer") or {}).get("limit_val_batches")
+            if limit is not None and float(limit) == 0:
+                need = f"validation, which trainer.limit_val_batches={limit} turns off"
+            elif name == "val/sigma" and module.head.sigma() is None:
+                need = f"a likelihood head with a sigma (likelihood {c['likelihood'].get('name')!r} has none)"
+            elif name == "val/implied_sigma" and module.head.implied_sigma(1.0) is None:
+                need = (f"a likelihood head that implies a sigma (likelihood "
+                        f"{c['likelihood'].get('name')!r} does not)")
+            elif name.startswith("val/kl_dim_") and int(name.rsplit("_", 1)[1]) >= module.latent_dim:
+                need = f"a latent index below model.latent_dim={module.latent_dim}"
+        if need:
+            raise ConfigError(key, name, "a metric this job produces", f"{name} needs {need}")
+
+
+#: Trainer arguments that count (steps, epochs, batches), with their least value; Lightning
+#: would take 6.5 steps, and ``int()`` here would make log_every_n_steps=2.5 into 2
+TRAINER_COUNTS = {"max_steps": -1, "min_steps": 0, "max_epochs": -1, "min_epochs": 0,
+                  "log_every_n_steps": 1, "check_val_every_n_epoch": 1,
+                  "accumulate_grad_batches": 1, "num_sanity_val_steps": -1}
+#: Trainer arguments that are a count of batches (int) or a fraction of an epoch (float)
+TRAINER_FRACTIONS = ("limit_train_batches", "limit_val_batches", "limit_test_batches",
+                     "limit_predict_batches", "val_check_interval")
+
+
+def check_trainer_numbers(trainer: Mapping[str, Any]) -> None:
+    """Counts are whole numbers; batch limits and ``val_check_interval`` are a whole number
+    of batches or a fraction in [0, 1] (Lightning's meaning of a float), checked before the
+    run starts rather than inside it."""
+    for key, lo in TRAINER_COUNTS.items():
+        if trainer.get(key) is not None:
+            number(f"trainer.{key}", trainer[key], lo, integer=True)
+    for key in TRAINER_FRACTIONS:
+        value = trainer.get(key)
+        if value is None or isinstance(value, (str, Mapping)):  # a time, for val_check_interval
+            continue
+        lo = 1 if key == "val_check_interval" else 0
+        allowed = (f"a whole number of batches (>= {lo}) or a fraction of an epoch in "
+                   f"{'(0' if lo else '[0'}, 1]")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"trainer.{key}", value, allowed)
+        ok = (value >= lo) if isinstance(value, int) else (0 < value <= 1 if lo else 0 <= value <= 1)
+        if not ok:
+            raise ConfigError(f"trainer.{key}", value, allowed)
+
+
+def objectives(c: Mapping[str, Any], metrics: Mapping[str, float]) -> float | list[float]:
+    """The values named in ``objective`` (one float, or a list for several)."""
+    names = c.get("objective") or []
+    names = [names] if isinstance(names, str) else list(names)
+    values = [float(metrics.get(n, float("nan"))) for n in names]
+    return values[0] if len(values) == 1 else values
+
+
+def prepare(cfg: DictConfig | Mapping[str, Any], out: Path | None, sweep: bool = False
+            ) -> tuple[dict[str, Any], Any, VAEModule, Path | None]:
+    """Everything a job checks before it trains: the config, the data, the model, the
+    checkpoint to resume from (``out``: the run's folder, None when unknown), the tracking
+    store, and the objectives of an Optuna trial (``sweep``, or ``study.trial`` set). Raises a VaesweepError naming the key at the first bad value."""
+    c = resolve(cfg)
+    check_job(c)
+    c["tracking"]["uri"] = absolute_sqlite(str(c["tracking"]["uri"]))
+    dm = VAEDataModule(c["data"])
+    module = VAEModule(c, dm.imageset.shape)
+    ckpt = None
+    if out is not None or str(c.get("ckpt_path")) != "last":
+        ckpt = resolve_ckpt(c.get("ckpt_path"), out or Path.cwd())
+        if ckpt is not None:
+            check_checkpoint(ckpt, c.get("ckpt_path"), module)
+    if (c.get("study") or {}).get("trial") is not None or sweep:  # an Optuna trial: objectives
+        check_objectives(c, dm.imageset, module)
+    check_store(str(c["tracking"]["uri"]))  # last: it may create the store's tables
+    return c, dm, module, ckpt
+
+
+def validate_job(cfg: DictConfig | Mapping[str, Any], objectives: bool = False) -> None:
+    """Checks a job's config as :func:`run_job` would, without training or tracking (the
+    sweepers check their first job before they touch a study; ``ckpt_path=last`` is in each
+    job's own folder, checked by the job). ``objectives``: also that the job produces the
+    metrics named by ``objective`` and ``study.prune_on`` (an Optuna study reads them)."""
+    prepare(cfg, None, sweep=objectives)
+

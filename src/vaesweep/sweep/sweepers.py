@@ -1,0 +1,634 @@
+"""Hydra sweepers for vaesweep: the Optuna sweeper and Hydra's basic sweeper, extended.
+(Hydra finds them through the thin plugin module hydra_plugins/vaesweep_sweepers/sweepers.py;
+the Hydra and Optuna internals they need are all in :mod:`vaesweep.sweep.compat`.)
+
+Both keep Hydra's override grammar and launchers. They add one MLflow parent run per sweep
+(every job a child run), and the Optuna one adds what the stock sweeper lacks: resuming a
+study to exactly ``n_trials`` finished trials, recording failed trials (with their reason)
+and going on, stale trials of dead processes marked FAIL, and pruning with Optuna's pruners
+inside multirun (Lightning+Hydra users ask for it: lightning-hydra-template#176).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import optuna
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobStatus
+from hydra.errors import InstantiationException
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from vaesweep.cli import fail
+from vaesweep.contract import ATTR_FAIL_REASON, ATTR_PRUNED_REASON, TAG_HOST, TAG_PID, TAG_PID_START
+from vaesweep.errors import ConfigError, VaesweepError, number
+from vaesweep.job.faults import machine_fault
+from vaesweep.sweep import compat
+from vaesweep.sweep.compat import BasicSweeper, OptunaSweeperImpl, create_params_from_overrides
+from vaesweep.job.checks import validate_job
+from vaesweep.sweep.objectives import name_objectives
+from vaesweep.sweep.best import best_trials, summary_rows
+from vaesweep.sweep.parent import (InjectingLauncher, grid_note, job_overrides, open_parent,
+                                   study_note, sweep_settings)
+from vaesweep.sweep.progress import sweep_progress
+from vaesweep.sweep.trial import storage
+from vaesweep.tracking.run import check_store, creation_lock, set_note, store_error
+from vaesweep.tracking.stale import close_stale_runs, owner, owner_alive
+
+log = logging.getLogger("vaesweep.sweep")
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+# what a sweep config may name as _target_ (Hydra's execution whitelist): nothing else runs
+SAMPLER_WHITELIST = ("hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*")
+PRUNER_WHITELIST = ("optuna.pruners.*",)
+SEARCH_SPACE_WHITELIST = ("vaesweep.*",)
+
+
+def _instantiate(key: str, config: Any, allowed: Sequence[str]) -> Any:
+    """``instantiate`` under an execution whitelist; a refused target is one ConfigError."""
+    try:
+        return instantiate(config, _execution_whitelist_=tuple(allowed))
+    except InstantiationException as e:
+        target = config.get("_target_") if hasattr(config, "get") else config
+        reason = " ".join(str(e).split())
+        with user_errors():
+            raise ConfigError(f"{key}._target_", target, " or ".join(allowed),
+                              reason[:300] + ("..." if len(reason) > 300 else "")) from None
+
+
+class user_errors:
+    """A VaesweepError raised by a sweeper is one line on stderr and exit code 2, as in a
+    single run (Hydra would print a traceback)."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        if isinstance(exc, VaesweepError):
+            fail(exc)
+        return False
+
+
+def fail_stale_trials(study: optuna.Study) -> list[int]:
+    """RUNNING trials whose sweep process (same host) is gone are marked FAIL with a reason."""
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        a = t.system_attrs
+        pid, thost = a.get(TAG_PID), a.get(TAG_HOST)
+        if owner_alive({TAG_HOST: thost, TAG_PID: pid, TAG_PID_START: a.get(TAG_PID_START)}) \
+                is not False:
+            continue
+        reason = f"stale: the sweep process {pid} on {thost} died while the trial ran"
+        compat.fail_trial(study, t, reason)
+        failed.append(t.number)
+    if failed:
+        log.warning("Marked %d stale trial(s) FAIL: %s", len(failed), failed)
+    return failed
+
+
+def fail_unfinished(study: optuna.Study, trials: Sequence[optuna.Trial], e: BaseException) -> None:
+    """Marks FAIL, with the reason, the ``trials`` still RUNNING when their launch ended in
+    ``e`` (the user stopped the sweep), so that the study holds no live-looking trial."""
+    reason = (f"interrupted by {e.signal_name}" if hasattr(e, "signal_name") else
+              "interrupted by SIGINT" if isinstance(e, KeyboardInterrupt) else
+              f"{type(e).__name__}: {e}"[:2000])
+    for t in trials:
+        try:
+            if compat.is_running(study, t):
+                compat.fail_trial(study, t, reason)
+        except Exception as err:  # the storage itself failed: the next start marks them stale
+            log.error("Could not mark trial %d FAIL: %s", t.number, err)
+
+
+def ask_owned(study: optuna.Study, owner_attrs: dict,
+              design: Sequence[dict] = ()) -> optuna.Trial:
+    """``study.ask()``, but the trial is created RUNNING with its owner (host, pid) in one
+    transaction: a sweep killed between asking and tagging would otherwise leave a RUNNING
+    trial with no owner, which no resume could tell from a live one. With a ``design``
+    (``hydra.sweeper.enqueue``), the trial gets the next point not yet run as its fixed
+    params (Optuna's enqueue_trial mechanism) in that same transaction."""
+    attrs = {k: int(v) if k == TAG_PID else v for k, v in owner_attrs.items()}
+    point = next_design_point(study, design) if design else None
+    if point is not None:
+        attrs["fixed_params"] = point
+    return compat.ask_with_system_attrs(study, attrs)
+
+
+def check_design(points: Any, space: dict, fixed: Sequence[str] = ()) -> list[dict]:
+    """``hydra.sweeper.enqueue``: a list of trials, each a mapping of every searched key to a
+    value inside its distribution, as plain dicts without repeats. A key set on the command
+    line (in ``fixed``) is dropped from the points: the command line wins. Anything else is
+    one ConfigError, raised before a study is written."""
+    if not points:
+        return []
+    key = "hydra.sweeper.enqueue"
+    allowed = (f"a list of trials, each giving every searched key ({', '.join(space)}) a value "
+               "inside its range")
+    if not OmegaConf.is_list(points) and not isinstance(points, (list, tuple)):
+        raise ConfigError(key, points, allowed)
+    design: list[dict] = []
+    for i, p in enumerate(points):
+        p = OmegaConf.to_container(p) if OmegaConf.is_config(p) else p
+        if not isinstance(p, dict):
+            raise ConfigError(f"{key}[{i}]", p, allowed)
+        p = {k: v for k, v in p.items() if k not in fixed}
+        if set(p) != set(space):
+            raise ConfigError(f"{key}[{i}]", p, allowed)
+        for k, v in p.items():
+            if not compat.distribution_contains(space[k], v):
+                raise ConfigError(f"{key}[{i}].{k}", v, f"a value inside {k}'s range {space[k]}")
+        if p not in design:
+            design.append(p)
+    return design
+
+
+def next_design_point(study: optuna.Study, design: Sequence[dict]) -> dict | None:
+    """The first point of ``design`` that no finished or running trial of the study holds (a
+    failed one is run again), or None when all are held: the sampler draws the trials past
+    the design. A point is given to its trial as the trial is created, so no trial waits in
+    the study for a worker (an enqueued one could, when workers start together). Workers
+    that ask at the same moment may run one point twice."""
+    S = optuna.trial.TrialState
+    held = [t.params or t.system_attrs.get("fixed_params", {}) for t in
+            study.get_trials(deepcopy=False, states=(*FINISHED, S.RUNNING))]
+
+    def same(a: dict, b: dict) -> bool:
+        return set(a) == set(b) and all(
+            math.isclose(a[k], b[k], rel_tol=1e-9) if isinstance(a[k], (int, float))
+            and isinstance(b[k], (int, float)) else a[k] == b[k] for k in a)
+
+    for p in design:
+        match = next((h for h in held if same(p, h)), None)
+        if match is None:
+            return p
+        held.remove(match)
+    return None
+
+
+def representative(dist: Any) -> Any:
+    """A value inside an Optuna distribution (its middle; the first choice)."""
+    if isinstance(dist, optuna.distributions.CategoricalDistribution):
+        return dist.choices[0]
+    lo, hi = dist.low, dist.high
+    mid = math.sqrt(lo * hi) if getattr(dist, "log", False) and lo > 0 else (lo + hi) / 2
+    step = getattr(dist, "step", None)
+    if step:
+        mid = lo + round((mid - lo) / step) * step
+    return int(round(mid)) if isinstance(dist, optuna.distributions.IntDistribution) else mid
+
+
+def job_value(ret: Any) -> Any:
+    """A launched job's return value, or its exception raised again, without Hydra's "Error
+    executing job with overrides" line on stderr (the sweepers say what became of the job:
+    a pruned trial is no crash)."""
+    error = compat.job_exception(ret)
+    if ret.status == JobStatus.FAILED and error is not None:
+        raise error
+    return ret.return_value
+
+
+def is_parallel_launcher(launcher: Any) -> bool:
+    """Whether a Hydra launcher config runs the jobs of one batch at the same time (the basic
+    launcher runs them one after another)."""
+    target = str((launcher or {}).get("_target_", ""))
+    return bool(target) and not target.endswith("basic_launcher.BasicLauncher")
+
+
+def objective_names(config: DictConfig) -> list[str]:
+    obj = config.get("objective") or []
+    return [obj] if isinstance(obj, str) else [str(o) for o in obj]
+
+
+class _ParentMixin:
+    """Opens the sweep's MLflow parent run and hands its id to every job."""
+
+    config: DictConfig
+    launcher: Any
+    #: whether the sweep reads the jobs' objectives (Optuna does; a grid does not)
+    reads_objectives = False
+
+    def _wrap_launcher(self) -> None:
+        self.launcher = InjectingLauncher(self.launcher, [])
+
+    def _open_parent(self, study: str | None, resume: bool):
+        s = sweep_settings(self.config)
+        self.sweep_name = s["sweep"]
+        close_stale_runs(s["uri"], s["experiment"], s["sweep"])
+        parent = open_parent(s["uri"], s["experiment"], s["sweep"], study, resume)
+        self.launcher.extra = job_overrides(self.config, parent.run_id)
+        return parent
+
+    def _check_tracking(self) -> None:
+        """The MLflow store opens (its tables created) before a study is written, so a store
+        that cannot be written (read-only, disk full) leaves no study behind."""
+        from mlflow.tracking import MlflowClient
+
+        s = sweep_settings(self.config)
+        check_store(s["uri"])
+        try:
+            MlflowClient(tracking_uri=s["uri"]).get_experiment_by_name(s["experiment"])
+        except Exception as e:
+            raise store_error(s["uri"], e) from None
+
+    def _check_first_job(self, overrides: Sequence[str], swept: Sequence[str] = ()) -> None:
+        """Composes and checks the config of a job of this sweep before any study, trial or
+        run is written: an error that every job would hit stops the sweep with one line.
+        An error on a swept key belongs to that value only; its trials fail and the sweep goes on."""
+        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        with open_dict(cfg):
+            del cfg["hydra"]
+        self._check_sweep_settings()
+        try:
+            validate_job(cfg, objectives=self.reads_objectives)
+        except VaesweepError as e:
+            if getattr(e, "key", None) in swept:
+                log.warning("A value of the swept key %s is invalid; those trials will fail: %s",
+                            e.key, e)
+                return
+            raise
+
+    def _check_sweep_settings(self) -> None:
+        """Settings of the sweep that cannot work together with its launcher (the sweeper
+        subclasses add their own)."""
+        n_jobs = self.config.hydra.sweeper.get("n_jobs")
+        if n_jobs is not None and int(n_jobs) > 1 and not is_parallel_launcher(
+                self.config.hydra.get("launcher")):
+            raise ConfigError("hydra.sweeper.n_jobs", n_jobs, "1 with the basic launcher, which "
+                              "runs one job at a time", "for trials at once choose a parallel "
+                              "launcher: hydra/launcher=joblib hydra.launcher.n_jobs="
+                              f"{n_jobs}")
+
+
+# -- Optuna ----------------------------------------------------------------------------------
+class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
+    reads_objectives = True
+
+    def __init__(self, *args: Any, pruner: Any = None, max_failures_in_a_row: int = 0,
+                 custom_search_space: Any = None, enqueue: Any = None) -> None:
+        super().__init__(*args)
+        self.enqueue = enqueue
+        self.design: list[dict] = []
+        self.pruner = pruner
+        self._max_failures_in_a_row = max_failures_in_a_row  # checked in sweep(), not cast
+        self.max_failures_in_a_row = (int(max_failures_in_a_row or 0)
+                                      if isinstance(max_failures_in_a_row, int) else 0)
+        self.custom_search_space_extender = custom_search_space
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
+              config: DictConfig) -> None:
+        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        self._wrap_launcher()
+
+    def sweep(self, arguments: list[str]) -> None:
+        study_name = self.study_name or sweep_settings(self.config)["sweep"]
+        self.study_name = study_name
+        directions = self._get_directions()
+        names = objective_names(self.config)
+        if len(names) != len(directions):
+            raise ConfigError("objective", names, f"{len(directions)} metric name(s), one per "
+                              f"direction in hydra.sweeper.direction={directions}")
+        self._process_searchspace_config()
+        space, fixed, fixed_overrides = self._search_space(arguments)
+        self._check_optuna_settings(directions, space, fixed, fixed_overrides)
+        design = check_design(self.enqueue, space, [*fixed, *(
+            o.split("=", 1)[0].lstrip("+~") for o in fixed_overrides)])
+        self._check_first_job([f"{k}={representative(d)}" for k, d in space.items()]
+                              + [f"{k}={v}" for k, v in fixed.items()] + list(fixed_overrides),
+                              swept=list(space))
+        self._check_storage()
+        self._check_tracking()
+        study = self._load_study(directions, names)
+        with self._open_parent(study_name, resume=True) as parent, sweep_progress(
+                self.config, study_name, self.n_trials,
+                done=lambda: len(study.get_trials(deepcopy=False, states=FINISHED))):
+            study.set_user_attr("mlflow_parent_run_id", parent.run_id)
+            self.design = design
+            self._say_if_done(study)
+            self._optimize(study, arguments, directions, names)
+            self._summarise(study, parent, names)
+            set_note(parent.client, parent.run_id, study_note(study, names, self.n_trials))
+
+    def _check_optuna_settings(self, directions: Sequence[str], space: dict, fixed: dict,
+                               fixed_overrides: list) -> None:
+        """The pruner and the sampler against the study's directions and search space, before
+        anything is written: Optuna itself finds these only inside the first trial (a pruner's
+        report in every trial of a multi-objective study; a sampler at the first ask)."""
+        import copy
+        import warnings
+
+        for d in directions:
+            if str(d).lower() not in ("minimize", "maximize"):
+                raise ConfigError("hydra.sweeper.direction", list(directions),
+                                  "a list of minimize or maximize, one per objective")
+        number("hydra.sweeper.n_trials", self.n_trials, 1, integer=True)
+        number("hydra.sweeper.n_jobs", self.n_jobs, 1, integer=True)
+        if self._max_failures_in_a_row is not None:  # null: never stop
+            number("hydra.sweeper.max_failures_in_a_row", self._max_failures_in_a_row, 0,
+                   integer=True)
+        pruner = self.pruner
+        prune_on = (self.config.get("study") or {}).get("prune_on")
+        if prune_on and (pruner is None or isinstance(pruner, optuna.pruners.NopPruner)):
+            log.warning("study.prune_on=%s is set but hydra.sweeper.pruner is not: nothing will "
+                        "be pruned", prune_on)
+        if pruner is not None and not isinstance(pruner, optuna.pruners.NopPruner):
+            name = type(pruner).__name__
+            if len(directions) > 1:
+                raise ConfigError("hydra.sweeper.pruner", name, "no pruner on a multi-objective "
+                                  f"study (direction={list(directions)}): pruning needs a "
+                                  "single-objective study")
+            limit = (self.config.get("trainer") or {}).get("limit_val_batches")
+            if isinstance(limit, (int, float)) and not isinstance(limit, bool) and limit == 0:
+                raise ConfigError("trainer.limit_val_batches", limit, "more than 0 with a pruner "
+                                  f"({name} reads study.prune_on at each validation)")
+        self._build_grid_sampler(space)
+        # one dry trial on a copy of the sampler, in memory: the sampler's own checks run
+        sampler = copy.deepcopy(self.sampler)
+        verbosity = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "study created in memory"
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                dry = optuna.create_study(directions=list(directions), sampler=sampler)
+                trial = dry.ask()
+                self._configure_trials([trial], space, fixed, fixed_overrides)
+                dry.tell(trial, [0.0] * len(directions))
+        except Exception as e:
+            raise ConfigError("hydra.sweeper.sampler", type(self.sampler).__name__,
+                              f"a sampler for this study (direction={list(directions)}, "
+                              f"params {sorted(space)})",
+                              f"{type(e).__name__}: {e}"[:300]) from None
+        finally:
+            optuna.logging.set_verbosity(verbosity)
+
+    def _build_grid_sampler(self, space: dict) -> None:
+        """``hydra/sweeper/sampler=grid`` is a partial GridSampler that needs the search space
+        (as the stock sweeper builds it): choices only, and n_trials at most the grid's size."""
+        import functools
+
+        if not (isinstance(self.sampler, functools.partial)
+                and self.sampler.func is optuna.samplers.GridSampler):
+            return
+        try:
+            grid = {k: self._to_grid_sampler_choices(d) for k, d in space.items()}
+            self.sampler = self.sampler(grid)
+        except (ValueError, TypeError) as e:
+            raise ConfigError("hydra.sweeper.sampler", "GridSampler", "a sampler for this search "
+                              f"space (params {sorted(space)})", f"{e} Sweep choice(...) or "
+                              "range(...) with the grid sampler") from None
+        self.n_trials = min(self.n_trials, math.prod(len(v) for v in grid.values()))
+
+    def _check_storage(self) -> None:
+        """The Optuna storage URL is well formed and its database answers (before anything is
+        written anywhere)."""
+        if self.storage is None:  # in memory
+            return
+        key = ("hydra.sweeper.storage", "an Optuna RDB URL such as sqlite:///optuna.db or "
+               "postgresql://user@host/db, of a reachable database")
+        if not isinstance(self.storage, str) or "://" not in self.storage:
+            raise ConfigError(key[0], self.storage, key[1])
+        check_store(self.storage, key)
+
+    def _load_study(self, directions: Sequence[str], names: Sequence[str]) -> optuna.Study:
+        import random
+        import time
+
+        try:
+            for attempt in range(4):
+                try:
+                    with creation_lock(self.storage or ""):  # workers starting together: SQLite
+                        study = optuna.create_study(
+                            study_name=self.study_name, storage=storage(self.storage),
+                            sampler=self.sampler, pruner=self.pruner,
+                            directions=list(directions), load_if_exists=True)
+                    break
+                except Exception as e:  # a database server: another worker created the tables
+                    race = ("already exists" in str(e) or "duplicate key" in str(e)
+                            or "UniqueViolation" in str(e))
+                    if not race or attempt == 3:
+                        raise
+                    time.sleep(0.5 + random.random())
+        except (ValueError, ImportError, ModuleNotFoundError) as e:
+            raise ConfigError("hydra.sweeper.storage", self.storage,
+                              f"an Optuna RDB URL such as sqlite:///optuna.db or "
+                              f"postgresql://user@host/db ({type(e).__name__}: {e})") from None
+        except Exception as e:  # sqlalchemy OperationalError: server down, bad path
+            raise ConfigError("hydra.sweeper.storage", self.storage,
+                              f"a reachable Optuna storage ({type(e).__name__}: {e})") from None
+        stored = [d.name.lower() for d in study.directions]
+        if stored != [d.lower() for d in directions]:
+            raise ConfigError("hydra.sweeper.direction", list(directions),
+                              f"the directions of the existing study {self.study_name!r}: {stored} "
+                              "(use another study.name for new objectives)")
+        old = study.user_attrs.get("objectives")
+        if old is not None and list(old) != list(names):
+            raise ConfigError("objective", list(names),
+                              f"the objectives of the existing study {self.study_name!r}: {old}")
+        if old is None:
+            study.set_user_attr("objectives", list(names))
+        name_objectives(study, names)
+        return study
+
+    def _say_if_done(self, study: optuna.Study) -> None:
+        """A rerun of a finished study has nothing to run: it says so, and the sweep only
+        writes its summary again."""
+        done = len(study.get_trials(deepcopy=False, states=FINISHED))
+        if done >= self.n_trials:
+            log.info("[%s] the study already has its %d finished trials (hydra.sweeper.n_trials="
+                     "%d): nothing to run; raise n_trials to add more", study.study_name, done,
+                     self.n_trials)
+
+    def _optimize(self, study: optuna.Study, arguments: list[str], directions: Sequence[str],
+                  names: Sequence[str]) -> None:
+        space, fixed, fixed_overrides = self._search_space(arguments)
+        fail_stale_trials(study)
+        me = owner()
+        failures = in_a_row = 0
+        while True:
+            done = len(study.get_trials(deepcopy=False, states=FINISHED))
+            running = len(study.get_trials(deepcopy=False,
+                                           states=(optuna.trial.TrialState.RUNNING,)))
+            to_go = self.n_trials - done - running
+            if to_go <= 0:
+                break
+            trials = [ask_owned(study, me, self.design) for _ in range(min(to_go, self.n_jobs))]
+            overrides = self._configure_trials(trials, space, fixed, fixed_overrides)
+            self.launcher.per_job = [[f"study.trial={t.number}"] for t in trials]
+            try:
+                returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
+            except BaseException as e:  # Ctrl-C, SIGTERM: the trials end with the sweep
+                fail_unfinished(study, trials, e)
+                raise
+            self.job_idx += len(returns)
+            for trial, ret in zip(trials, returns):
+                ok = self._tell(study, trial, ret, directions)
+                failures += not ok
+                in_a_row = 0 if ok else in_a_row + 1
+                done = len(study.get_trials(deepcopy=False, states=FINISHED))
+                self._progress(study, trial, done, names)
+            if failures and failures / max(1, self.job_idx) > self.max_failure_rate:
+                raise RuntimeError(f"{failures} of {self.job_idx} trials failed, more than "
+                                   f"hydra.sweeper.max_failure_rate={self.max_failure_rate}")
+            if self.max_failures_in_a_row and in_a_row >= self.max_failures_in_a_row:
+                last = compat.frozen_trial(study, trials[-1]).user_attrs.get(ATTR_FAIL_REASON)
+                raise VaesweepError(f"{in_a_row} trials in a row failed (hydra.sweeper."
+                                    f"max_failures_in_a_row={self.max_failures_in_a_row}), the "
+                                    f"sweep stops; the last one: {last}")
+
+    def _search_space(self, arguments: list[str]) -> tuple[dict, dict, list]:
+        params_conf = self._parse_sweeper_params_config() + list(arguments)
+        space, fixed, fixed_overrides = create_params_from_overrides(params_conf)
+        for k in fixed:
+            space.pop(k, None)
+        return space, fixed, fixed_overrides
+
+    def _tell(self, study: optuna.Study, trial: optuna.Trial, ret: Any,
+              directions: Sequence[str]) -> bool:
+        S = optuna.trial.TrialState
+        try:
+            value = job_value(ret)  # re-raises the job's exception
+            values = [float(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
+            if len(values) != len(directions):
+                raise ValueError(f"the job returned {len(values)} value(s) for "
+                                 f"{len(directions)} direction(s)")
+            bad = [v for v in values if not math.isfinite(v)]
+            if bad:
+                raise FloatingPointError(f"non-finite objective value(s) {values}")
+        except optuna.TrialPruned as e:
+            trial.set_user_attr(ATTR_PRUNED_REASON, str(e))
+            log.info("[%s] trial %d %s", study.study_name, trial.number, e)
+            study.tell(trial, state=S.PRUNED)
+            return True
+        except Exception as e:
+            reason = f"{type(e).__name__}: {e}"[:2000]
+            trial.set_user_attr(ATTR_FAIL_REASON, reason)
+            study.tell(trial, state=S.FAIL)
+            log.warning("Trial %d failed: %s", trial.number, reason)
+            if machine_fault(e):  # disk full, read-only: every next trial would fail too
+                raise VaesweepError(f"trial {trial.number} failed on a fault of the machine, "
+                                    f"the sweep stops: {reason[:500]}") from e
+            return False
+        study.tell(trial, values=values)
+        return True
+
+    def _progress(self, study: optuna.Study, trial: optuna.Trial, done: int,
+                  names: Sequence[str]) -> None:
+        t = compat.frozen_trial(study, trial)
+        shown = (", ".join(f"{n}={v:.4g}" for n, v in zip(names, t.values))
+                 if t.values else t.user_attrs.get(ATTR_FAIL_REASON, t.user_attrs.get(ATTR_PRUNED_REASON, "")))
+        if len(study.directions) == 1:
+            try:
+                best = f"best so far: trial {study.best_trial.number} {names[0]}={study.best_value:.4g}"
+            except ValueError:
+                best = "no finished trial yet"
+        else:
+            best = f"Pareto set: {len(study.best_trials)} trial(s)"
+        log.info("[%s] trial %d %s (%d of %d finished): %s | %s", study.study_name, t.number,
+                 t.state.name, done, self.n_trials, shown, best)
+
+    def _summarise(self, study: optuna.Study, parent: Any, names: Sequence[str]) -> None:
+        rows = summary_rows(study, names)
+        if not rows:
+            return
+        parent.log_text(json.dumps(rows, indent=1, default=str), "best_trials.json")
+        df = study.trials_dataframe()
+        parent.log_text(df.to_csv(index=False), "trials.csv")
+        best = best_trials(study)
+        metrics = {}
+        for i, t in enumerate(best):
+            pre = "best" if len(best) == 1 else f"pareto_{i}"
+            metrics.update({f"{pre}/{n}": v for n, v in zip(names, t.values)})
+        parent.log_metrics(metrics)
+        if len(best) == 1:
+            from mlflow.exceptions import MlflowException
+            params = {f"best.{k}": v for k, v in best[0].params.items()}
+            params["best.trial"] = best[0].number
+            try:
+                parent.log_params(params)
+            except MlflowException:  # params are immutable: a resumed study found a new best
+                for k, v in params.items():
+                    parent.client.set_tag(parent.run_id, f"vaesweep.{k}", str(v))
+        from pathlib import Path
+        folder = Path(self.config.hydra.sweep.dir)  # no job ran when the study was finished
+        folder.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(OmegaConf.create({"study": study.study_name, "best": rows}),
+                       folder / "optimization_results.yaml")
+
+
+class VaesweepOptunaSweeper(Sweeper):
+    """``hydra/sweeper=vaesweep_optuna``: hydra-optuna-sweeper's options plus ``pruner``."""
+
+    def __init__(self, sampler: Any, direction: Any, storage: Any, study_name: Any,
+                 n_trials: int, n_jobs: int, max_failure_rate: float,
+                 custom_search_space: Any, params: Any, pruner: Any = None,
+                 max_failures_in_a_row: int = 0, enqueue: Any = None) -> None:
+        with user_errors():  # the stock sweeper asserts it, with a traceback
+            number("hydra.sweeper.max_failure_rate", max_failure_rate, 0, 1)
+        sampler = _instantiate("hydra.sweeper.sampler", sampler, SAMPLER_WHITELIST)
+        pruner = (_instantiate("hydra.sweeper.pruner", pruner, PRUNER_WHITELIST)
+                  if pruner else optuna.pruners.NopPruner())
+        extender = (_instantiate("hydra.sweeper.custom_search_space",
+                                 {"_target_": custom_search_space, "_partial_": True},
+                                 SEARCH_SPACE_WHITELIST) if custom_search_space else None)
+        self.sweeper = VaesweepOptunaImpl(sampler, direction, storage, study_name, n_trials,
+                                          n_jobs, max_failure_rate, None, params,
+                                          pruner=pruner, custom_search_space=extender,
+                                          max_failures_in_a_row=max_failures_in_a_row,
+                                          enqueue=enqueue)
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
+              config: DictConfig) -> None:
+        self.sweeper.setup(hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def sweep(self, arguments: list[str]) -> None:
+        with user_errors():
+            return self.sweeper.sweep(arguments)
+
+
+# -- Hydra's basic (grid) sweeper ------------------------------------------------------------
+class VaesweepBasicSweeper(_ParentMixin, BasicSweeper):
+    """``hydra/sweeper=vaesweep_basic``: Hydra's grid sweeper with an MLflow parent run; a
+    failed job is logged and the grid goes on."""
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
+              config: DictConfig) -> None:
+        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        self._wrap_launcher()
+
+    def sweep(self, arguments: list[str]) -> Any:
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        overrides = parser.parse_overrides(self._parse_config() + list(arguments))
+        self.overrides = self.split_arguments(overrides, self.max_batch_size)
+        swept = [o.get_key_element() for o in overrides if o.is_sweep_override()]
+        if self.overrides and self.overrides[0]:
+            with user_errors():
+                self._check_first_job(self.overrides[0][0], swept)
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        n_jobs = sum(len(b) for b in self.overrides)
+        returns, idx, failed = [], 0, 0
+        with self._open_parent(None, resume=False) as parent, sweep_progress(
+                self.config, self.sweep_name, n_jobs):
+            while not self.is_done():
+                batch = self.get_job_batch()
+                self.validate_batch_is_legal(batch)
+                results = self.launcher.launch(batch, initial_job_idx=idx)
+                for r, ov in zip(results, batch):
+                    try:
+                        value = job_value(r)
+                        log.info("[%s] job %d of %d: %s -> %s", self.sweep_name, idx + 1,
+                                 n_jobs, " ".join(ov), value)
+                    except Exception as e:
+                        failed += 1
+                        log.warning("[%s] job %d of %d failed (%s): %s: %s", self.sweep_name,
+                                    idx + 1, n_jobs, " ".join(ov), type(e).__name__, e)
+                    idx += 1
+                returns.append(results)
+            parent.log_metrics({"sweep/jobs": idx, "sweep/failed": failed})
+            set_note(parent.client, parent.run_id, grid_note(self.sweep_name, idx, failed))
+        return returns

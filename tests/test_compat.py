@@ -1,0 +1,82 @@
+"""The Hydra and Optuna internals in vaesweep.sweep.compat, checked for the pinned versions:
+upgrading one of them, this test says which internal moved or changed."""
+from __future__ import annotations
+
+from importlib.metadata import version
+
+import optuna
+import pytest
+
+from vaesweep.sweep import compat
+
+S = optuna.trial.TrialState
+
+
+@pytest.mark.parametrize("package", sorted(compat.PINNED))
+def test_the_installed_version_is_the_one_the_internals_were_checked_against(package):
+    assert version(package) == compat.PINNED[package]
+
+
+def test_the_pinned_hydra_classes_have_the_methods_the_sweepers_use():
+    for name in ("_parse_config", "split_arguments", "get_job_batch", "is_done",
+                 "validate_batch_is_legal"):
+        assert callable(getattr(compat.BasicSweeper, name)), name
+    for name in ("_get_directions", "_process_searchspace_config", "_parse_sweeper_params_config",
+                 "_configure_trials", "_to_grid_sampler_choices"):
+        assert callable(getattr(compat.OptunaSweeperImpl, name)), name
+    space, fixed, _ = compat.create_params_from_overrides(
+        ["kl.beta=interval(0.1,1)", "seed=0", "kl=beta,geco"])
+    assert isinstance(space["kl.beta"], optuna.distributions.FloatDistribution)
+    assert space["kl"].choices == ("beta", "geco") and fixed == {"seed": "0"}
+
+
+@pytest.fixture
+def study():
+    return optuna.create_study(storage="sqlite:///:memory:")
+
+
+def test_ask_with_system_attrs_creates_a_running_trial_tagged_in_one_step(study):
+    t = compat.ask_with_system_attrs(study, {"vaesweep.pid": 123})
+    frozen = compat.frozen_trial(study, t)
+    assert frozen.state == S.RUNNING and frozen.system_attrs["vaesweep.pid"] == 123
+    assert compat.trial_id(t) == compat.trial_id(frozen)
+    study.enqueue_trial({"x": 1.0})
+    queued = compat.ask_with_system_attrs(study, {"vaesweep.pid": 7})  # the enqueued one first
+    assert queued.number == 1 and queued.suggest_float("x", 0, 2) == 1.0
+    assert compat.frozen_trial(study, queued).system_attrs["vaesweep.pid"] == 7
+
+
+def test_fail_trial_records_the_reason_and_the_state(study):
+    t = study.ask()
+    assert compat.is_running(study, t)
+    compat.fail_trial(study, t, "stale: gone")
+    frozen = compat.frozen_trial(study, t)
+    assert frozen.state == S.FAIL and frozen.user_attrs["fail_reason"] == "stale: gone"
+    assert not compat.is_running(study, t)
+
+
+def test_trial_by_number_reopens_a_running_trial_for_reporting(study):
+    study.ask()
+    t = study.ask()
+    again = compat.trial_by_number(study, 1)
+    again.report(0.5, step=3)
+    assert again.number == t.number and compat.frozen_trial(study, t).intermediate_values == {3: 0.5}
+
+
+def test_job_exception_reads_a_failed_hydra_job(tmp_path):
+    from hydra.core.utils import JobReturn, JobStatus
+    ret = JobReturn()
+    ret.status, ret._return_value = JobStatus.FAILED, ValueError("boom")
+    assert isinstance(compat.job_exception(ret), ValueError)
+    ok = JobReturn()
+    ok.status, ok.return_value = JobStatus.COMPLETED, 1.0
+    assert compat.job_exception(ok) is None
+
+
+def test_distribution_contains_tells_inside_from_outside():
+    log_float = optuna.distributions.FloatDistribution(1e-3, 1.0, log=True)
+    choice = optuna.distributions.CategoricalDistribution(["constant", "linear"])
+    assert compat.distribution_contains(log_float, 0.01)
+    assert not compat.distribution_contains(log_float, 2.0)
+    assert compat.distribution_contains(choice, "linear")
+    assert not compat.distribution_contains(choice, "cosine")
