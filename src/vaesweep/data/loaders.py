@@ -170,8 +170,10 @@ class VAEDataModule(L.LightningDataModule):
     def __init__(self, cfg: Mapping, imageset: ImageSet | None = None) -> None:
         super().__init__()
         self.cfg = cfg
-        # defaults of the keys a partial config leaves out: the dataset's (register_dataset)
-        defaults = dataset_defaults(cfg_get(cfg, "name"))
+        # defaults of the keys a partial config leaves out: the dataset's (register_dataset);
+        # an ImageSet handed in may be of no registered dataset: then the common ones
+        name = cfg_get(cfg, "name")
+        defaults = dataset_defaults(None if imageset is not None and name not in DATASETS else name)
         self.batch_size = _positive_int(cfg, "batch_size", defaults["batch_size"])
         self.eval_batch_size = _positive_int(cfg, "eval_batch_size", None) or self.batch_size
         val_fraction = _fraction(cfg, "val_fraction", defaults["val_fraction"])
