@@ -184,7 +184,7 @@ def test_nan_trial_stops_at_once_is_failed_and_the_study_goes_on(workdir):
     study.enqueue_trial({"optim.lr": 1e30, "kl.beta_norm": 0.5})  # the first trial blows up
     code, err = vaesweep(["-m", "+sweep=quick", *FAST, "trainer.max_steps=6",
                           "likelihood=gaussian", "optim.lr=choice(0.0005,1e30)",
-                          "hydra.sweeper.n_trials=2"])
+                          "hydra.sweeper.n_trials=2", "hydra.sweeper.enqueue=null"])
     assert code == 0, err[-3000:]
     study = load(storage)
     first = study.trials[0]

@@ -128,7 +128,8 @@ def check_design(points: Any, space: dict, fixed: Sequence[str] = ()) -> list[di
         return []
     key = "hydra.sweeper.enqueue"
     allowed = (f"a list of trials, each giving every searched key ({', '.join(space)}) a value "
-               "inside its range")
+               "inside its range (after adding a searched key: hydra.sweeper.enqueue=null lets "
+               "the sampler choose every trial)")
     if not OmegaConf.is_list(points) and not isinstance(points, (list, tuple)):
         raise ConfigError(key, points, allowed)
     design: list[dict] = []
