@@ -326,7 +326,7 @@ DESIGN = [{"kl.beta_norm": 0.01, "kl/schedule": "constant"},
 
 def _run(study: optuna.Study, design, state=optuna.trial.TrialState.COMPLETE) -> dict:
     """Asks one trial over SPACE as the sweeper does and ends it in ``state``: its params."""
-    from hydra_plugins.vaesweep_sweepers.sweepers import ask_owned
+    from vaesweep.sweep.sweepers import ask_owned
     t = ask_owned(study, {}, design)
     for k, d in SPACE.items():
         t._suggest(k, d)
@@ -338,7 +338,7 @@ def _run(study: optuna.Study, design, state=optuna.trial.TrialState.COMPLETE) ->
 
 
 def test_a_designed_study_runs_its_points_first_and_a_resume_runs_only_the_missing():
-    from hydra_plugins.vaesweep_sweepers.sweepers import ask_owned, check_design
+    from vaesweep.sweep.sweepers import ask_owned, check_design
     design = check_design(OmegaConf.create(DESIGN), SPACE)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     assert _run(study, design) == DESIGN[0]
@@ -358,7 +358,7 @@ def test_a_designed_study_runs_its_points_first_and_a_resume_runs_only_the_missi
 
 
 def test_a_design_point_outside_the_search_space_is_one_config_error():
-    from hydra_plugins.vaesweep_sweepers.sweepers import check_design
+    from vaesweep.sweep.sweepers import check_design
     from vaesweep.errors import ConfigError
     with pytest.raises(ConfigError, match=r"enqueue\[1\]\.kl\.beta_norm.*5\.0.*range"):
         check_design([DESIGN[0], {"kl.beta_norm": 5.0, "kl/schedule": "constant"}], SPACE)
