@@ -14,7 +14,7 @@ from vaesweep.errors import choice, known_keys, number
 from vaesweep.kl.loss import REDUCTIONS, LossTerms, assemble, beta_eff_from, gradient_scale
 from vaesweep.kl.schedules import build_schedule
 #: MLflow tag of a run that ended before its KL schedule did (its text: :meth:`KLWeighting.unfinished`)
-from vaesweep.contract import TAG_SCHEDULE_UNFINISHED as TAG_UNFINISHED
+from vaesweep.contract import TAG_SCHEDULE_UNFINISHED as TAG_UNFINISHED  # noqa: F401 (re-exported)
 from vaesweep.registry import Registry
 
 WEIGHTINGS = Registry("KL weighting", "kl.name", package="vaesweep.kl")

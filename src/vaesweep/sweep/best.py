@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -13,10 +12,9 @@ import optuna
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from vaesweep.contract import (ATTR_RUN_ID, DEFAULT_STORAGE, TAG_REPRODUCES, TAG_SWEEP,
-                               TAG_TRIAL)
+from vaesweep.contract import ATTR_RUN_ID, DEFAULT_STORAGE, TAG_REPRODUCES
 from vaesweep.contract import DEFAULT_TRACKING_URI as DEFAULT_URI
-from vaesweep.errors import ConfigError, VaesweepError
+from vaesweep.errors import ConfigError
 from vaesweep.tracking.run import check_tracking_uri, sqlite_path
 
 
