@@ -5,9 +5,14 @@ after its last one, broken down by phase, at the `quick` study's settings.
     python benchmarks/bench_overhead.py --jobs 5 --metrics fast  # skip the (minutes-long) default metrics
     python benchmarks/bench_overhead.py --threads 1            # a busy machine: one torch thread
 
-Each job is `vaesweep.train.run_job` on `+sweep=quick`'s config (dSprites subset 20,000,
-conv64, batch 64, validation and test batches as in quick) with `trainer.max_steps=--steps`
-and one validation at the last step, as quick has. Phases are timed by wrapping the functions
+Each job is `vaesweep.train.run_job` on `+sweep=quick`'s config (since 2026-11-30: mnist_5k,
+MLP, batch 128; before: dSprites subset 20,000, conv64, batch 64) with
+`trainer.max_steps=--steps` and one validation at the last step, as quick has. The tables in
+RESULTS.md for a dSprites conv64 model (the default-size evaluation) pass the old setting:
+
+    python benchmarks/bench_overhead.py --jobs 1 --metrics default -- data=dsprites \
+        model=conv64 data.subset=20000 data.batch_size=64 '~model.hidden'
+ Phases are timed by wrapping the functions
 `run_job` calls (nothing in the package is changed). The first job of a process pays the
 imports, the MLflow database creation and the first data build; the later jobs (median shown)
 are what each further trial of a sweep pays in a process that is already running (the basic
