@@ -23,6 +23,8 @@ from vaesweep.metrics import (
     psnr,
     rate,
     rate_distortion,
+    recon_variance_ratio,
+    ReconVariance,
     total_correlation,
 )
 
@@ -161,3 +163,26 @@ def test_probes_read_labels_from_informative_codes_only():
     # deterministic
     assert linear_probe_acc(good[:1000], labels[:1000], good[1000:], labels[1000:]) == \
         linear_probe_acc(good[:1000], labels[:1000], good[1000:], labels[1000:])
+
+
+def test_recon_variance_ratio_is_zero_for_one_image_for_all_and_one_for_perfect_recall():
+    """"All reconstructions look the same" is 0; reconstructions that vary as the data do
+    are 1; a reconstruction halfway to the mean image is 1/4 (variance scales with the square);
+    the value does not depend on how the images are split into batches."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 1, 6, 6, generator=g)
+    mean_image = x.mean(0, keepdim=True).expand_as(x)
+    assert recon_variance_ratio(mean_image, x) == pytest.approx(0.0, abs=1e-12)
+    assert recon_variance_ratio(x, x) == pytest.approx(1.0)
+    assert recon_variance_ratio((x + mean_image) / 2, x) == pytest.approx(0.25)
+    acc = ReconVariance()
+    noisy = x + 0.1 * torch.randn(x.shape, generator=g)
+    for i in range(0, 64, 10):
+        acc.update(noisy[i:i + 10], x[i:i + 10])
+    assert acc.value() == pytest.approx(recon_variance_ratio(noisy, x))
+    with pytest.raises(ValueError, match="two images"):
+        ReconVariance().value()
+    with pytest.raises(ValueError, match="do not vary"):
+        recon_variance_ratio(x, torch.zeros_like(x))
+    with pytest.raises(ValueError, match="shape"):
+        recon_variance_ratio(x[:, :, :3], x)

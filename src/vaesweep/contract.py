@@ -15,7 +15,7 @@ import numpy as np
 STAGES = ("train", "val", "test")
 TERMS = ("loss", "distortion", "rate", "elbo", "beta_eff")
 TEST_METRICS = (
-    "iwae_nll", "mse", "psnr", "mig", "sap", "dci_disentanglement", "dci_completeness",
+    "iwae_nll", "mse", "psnr", "recon_variance_ratio", "mig", "sap", "dci_disentanglement", "dci_completeness",
     "dci_informativeness", "factorvae_score", "betavae_score", "linear_probe_acc", "knn_acc",
     "total_correlation", "mutual_info", "active_units",
 )

@@ -1,7 +1,8 @@
 """Metrics of both sides of the trade-off, as plain functions on arrays or a model, usable in
 a notebook without a Trainer (DESIGN.md section 4).
 
-* reconstruction: :func:`rate_distortion`, :func:`mse`, :func:`psnr`, :func:`iwae_nll`
+* reconstruction: :func:`rate_distortion`, :func:`mse`, :func:`psnr`, :func:`iwae_nll`,
+  :func:`recon_variance_ratio` (how alike the reconstructions of different inputs are)
 * latent: :func:`kl_per_dim`, :func:`rate`, :func:`active_units`, :func:`posterior_collapse`,
   :func:`total_correlation`, :func:`mutual_info`
 * structure against factors (disentanglement_lib's definitions): :func:`mig`, :func:`sap`,
@@ -28,12 +29,13 @@ from vaesweep.metrics.latent import (
     total_correlation,
 )
 from vaesweep.metrics.probes import knn_acc, linear_probe_acc
-from vaesweep.metrics.rate_distortion import mse, psnr, rate_distortion
+from vaesweep.metrics.rate_distortion import ReconVariance, mse, psnr, rate_distortion, recon_variance_ratio
 
 __all__ = [
     "CodeCache", "DEFAULTS", "METRICS", "active_mask", "active_units", "aggregate_posterior_terms",
     "betavae_score", "collapsed_mask", "dci", "evaluate_model", "factorvae_score", "histogram_discretize",
     "iwae_nll", "kl_per_dim", "knn_acc",
     "linear_probe_acc", "log_importance_weights", "mig", "mse", "mutual_info", "negative_elbo",
-    "posterior_collapse", "psnr", "rate", "rate_distortion", "resolve_settings", "sap", "total_correlation",
+    "posterior_collapse", "psnr", "rate", "rate_distortion", "recon_variance_ratio", "ReconVariance",
+    "resolve_settings", "sap", "total_correlation",
 ]

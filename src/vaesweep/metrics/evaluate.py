@@ -32,12 +32,12 @@ from vaesweep.metrics.disentanglement import betavae_score, dci, factorvae_score
 from vaesweep.metrics.iwae import CPU_PASS_PAIRS, iwae_nll
 from vaesweep.metrics.latent import active_units, aggregate_posterior_terms
 from vaesweep.metrics.probes import knn_acc, linear_probe_acc
-from vaesweep.metrics.rate_distortion import mse, psnr
+from vaesweep.metrics.rate_distortion import ReconVariance, mse, psnr
 
 log = logging.getLogger(__name__)
 
 #: metric names accepted by ``metrics.enabled`` (``dci`` gives the three dci_* keys)
-METRICS = ("iwae_nll", "mse", "psnr", "active_units", "total_correlation", "mutual_info", "mig", "sap",
+METRICS = ("iwae_nll", "mse", "psnr", "recon_variance_ratio", "active_units", "total_correlation", "mutual_info", "mig", "sap",
            "dci", "factorvae_score", "betavae_score", "linear_probe_acc", "knn_acc")
 FACTOR_METRICS = ("mig", "sap", "dci", "factorvae_score", "betavae_score")
 LABEL_METRICS = ("linear_probe_acc", "knn_acc")
@@ -185,19 +185,26 @@ def evaluate_model(module: Any, imageset: Any, test_idx: Any, cfg_metrics: Mappi
         # (from the training images; from the evaluated ones when train_idx is not given)
         fix_sigma_for_evaluation(module, imageset, test_idx if train_idx is None else train_idx,
                                  batch_size=bs, seed=int(seed))
-        if enabled & {"mse", "psnr"}:
+        if enabled & {"mse", "psnr", "recon_variance_ratio"}:
             with timer("mse/psnr"):
                 idx = _choose(test_idx, s["recon_points"], rngs["mse"])
-                mses, psnrs = [], []
+                mses, psnrs, spread = [], [], ReconVariance()
                 for i in range(0, len(idx), calls):
                     x = imageset.batch(idx[i:i + calls]).to(device)
                     x_hat = module.reconstruct(x)
                     mses.append(mse(x_hat, x, reduction="none").cpu())
                     psnrs.append(psnr(x_hat, x, reduction="none").cpu())
+                    spread.update(x_hat, x)
                 if "mse" in enabled:
                     out["test/mse"] = float(torch.cat(mses).mean())
                 if "psnr" in enabled:
                     out["test/psnr"] = float(torch.cat(psnrs).mean())
+                # the same images: how alike the reconstructions of different inputs are
+                if "recon_variance_ratio" in enabled and len(idx) >= 2:
+                    try:
+                        out["test/recon_variance_ratio"] = spread.value()
+                    except ValueError:  # constant inputs: no variance to compare with
+                        pass
         if "active_units" in enabled:
             with timer("active_units"):
                 mu, _ = encode_idx(_choose(test_idx, s["recon_points"], rngs["active_units"]))

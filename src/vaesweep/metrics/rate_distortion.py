@@ -50,4 +50,45 @@ def psnr(x_hat: Any, x: Any, data_range: float = 1.0, reduction: str = "mean") -
     return values if reduction == "none" else float(values.mean())
 
 
-__all__ = ["mse", "psnr", "rate_distortion"]
+class ReconVariance:
+    """How alike the reconstructions of different inputs are, accumulated over batches:
+    Σ_p Var_i(x̂_ip) / Σ_p Var_i(x_ip), the variance across images of the reconstructions
+    (summed over pixels) over that of the inputs. 0: every input gets the same reconstruction
+    (the collapsed VAE's mean image, "all reconstructions look the same"); about 1: the
+    reconstructions vary as much as the data. Unitless; float64 sums, so batches of any size
+    give the same value. ``update(x_hat, x)`` takes (B, ...) tensors; ``value()`` raises
+    ValueError before two images were seen or when the inputs do not vary."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.sums: list[torch.Tensor] | None = None
+
+    def update(self, x_hat: Any, x: Any) -> None:
+        x_hat, x = torch.as_tensor(x_hat), torch.as_tensor(x)
+        if x_hat.shape != x.shape:
+            raise ValueError(f"reconstruction shape {tuple(x_hat.shape)} != data shape {tuple(x.shape)}")
+        a = x_hat.detach().to("cpu", torch.float64).reshape(len(x), -1)
+        b = x.detach().to("cpu", torch.float64).reshape(len(x), -1)
+        parts = [a.sum(0), (a * a).sum(0), b.sum(0), (b * b).sum(0)]
+        self.sums = parts if self.sums is None else [s + p for s, p in zip(self.sums, parts)]
+        self.n += len(x)
+
+    def value(self) -> float:
+        if self.sums is None or self.n < 2:
+            raise ValueError("ReconVariance: needs at least two images")
+        sa, sa2, sb, sb2 = self.sums
+        var_a = float((sa2 - sa * sa / self.n).clamp_min(0).sum())
+        var_b = float((sb2 - sb * sb / self.n).clamp_min(0).sum())
+        if var_b <= 0:
+            raise ValueError("ReconVariance: the input images do not vary")
+        return var_a / var_b
+
+
+def recon_variance_ratio(x_hat: Any, x: Any) -> float:
+    """:class:`ReconVariance` of one batch: reconstructions ``x_hat`` of ``x`` (B, ...), B ≥ 2."""
+    acc = ReconVariance()
+    acc.update(x_hat, x)
+    return acc.value()
+
+
+__all__ = ["ReconVariance", "mse", "psnr", "rate_distortion", "recon_variance_ratio"]
