@@ -14,9 +14,11 @@ def test_keras_scaling_reproduces_the_collapse_and_logs_its_beta_eff(workdir):
 
     n = 8 * 8
     results = {}
-    for name, beta in (("scaled", 1.0 / n), ("unscaled", 1.0)):
+    # the keras.io variant (KL averaged over the latents), with and without the ×N
+    for name, rec_weight in (("scaled", n), ("unscaled", 1)):
         cfg = compose(["+sweep=keras_scaling", "data=digits", "model=mlp",
-                       f"kl.beta={beta}", "trainer.max_steps=600",
+                       f"n_pixels={n}", f"rec_weight={rec_weight}", "keras_kl=mean",
+                       "trainer.max_steps=600",
                        "trainer.val_check_interval=600", "trainer.enable_progress_bar=false",
                        "metrics.enabled=false", "optim.lr=2e-3"])
         results[name] = run_job(cfg)

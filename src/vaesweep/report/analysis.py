@@ -495,7 +495,8 @@ RESULT_COLUMNS = ["run_id", "trial", "state", "data", "n_elements", "latent_dim"
                   "reduction", "method", "seed", "beta_norm", "beta_eff", "beta_eff_logged",
                   "elbo_beta_norm", "distortion", "rate", "active_units", "converged",
                   "elbo_change", "schedule_unfinished", "pareto", "pareto_point",
-                  *STRUCTURE_METRICS, "test/iwae_nll", "test/mse", "test/psnr"]
+                  *STRUCTURE_METRICS, "test/iwae_nll", "test/mse", "test/psnr",
+                  "test/recon_variance_ratio", "val/sigma", "kl.schedule.name"]
 
 
 def results_table(df: pd.DataFrame) -> pd.DataFrame:

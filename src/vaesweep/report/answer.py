@@ -23,6 +23,8 @@ from vaesweep.report.analysis import (CONVERGED_RTOL, CONVERGED_WINDOW, D_TOL_AB
                                       seed_noise, seed_spread, structure_metric,
                                       structure_peaks, weight_column)
 from vaesweep.report.data import StudyInfo
+from vaesweep.report.settings import (CONSTANT, by_setting, head_comparison, noise_floor,
+                                      schedule_comparison, setting_label, typed_pairs)
 
 
 @dataclass
@@ -86,7 +88,13 @@ def answer(df: pd.DataFrame, *, sweep: str | None = None, study: StudyInfo | Non
     for head, g in c.groupby("head", sort=False):
         _head_lines(a, str(head), g, w, doubtful)
     _structure_line(a, c, w, doubtful)
+    _sweet_spot_line(a, c, w, doubtful)
+    settings = by_setting(df)
+    _alike_line(a, settings, doubtful)
     _pairs_line(a, df, pairs)
+    _typed_pairs_line(a, df, doubtful)
+    _schedule_lines(a, settings, doubtful)
+    _heads_lines(a, settings, doubtful)
     _dynamics_lines(a, dynamics)
     if study is not None:
         dirs = ", ".join(f"{o} ({d})" for o, d in zip(study.objectives, study.directions))
@@ -138,7 +146,7 @@ def _head_lines(a: Answer, head: str, g: pd.DataFrame, w: str, doubtful: set[str
     best = g.loc[elbo.idxmin()]
     a.facts["best_elbo"][head] = {w: float(best[w]), "elbo": float(-elbo.min())}
     a.lines.append(f"`{head}`: best ELBO (lowest D + R = {_g(elbo.min(), 4)} nats) at {w} = "
-                   f"{_g(best[w])}, beta_eff = {_g(best['beta_eff'])}"
+                   f"{_g(best[w])}{', beta_eff = ' + _g(best['beta_eff']) if w != 'beta_eff' else ''}"
                    f"{_provisional([best['run_id']], doubtful)}.")
     au = g["active_units"]
     if au.notna().any():
@@ -344,3 +352,159 @@ def _dynamics_lines(a: Answer, dyn: pd.DataFrame | None) -> None:
         a.lines.append(f"`{method}`: rate at the end {_g(g['rate_end'].mean())} nats "
                        f"(peak {_g(g['rate_peak'].max())}), active units at the end "
                        f"{_range(au.dropna()) if au.notna().any() else '?'}, collapse: {flags}.")
+
+
+def _pm(mean: float, std: float, digits: int = 3) -> str:
+    return _g(mean, digits) + (f" ± {_g(std, 2)}" if np.isfinite(std) else "")
+
+
+def _sweet_spot_line(a: Answer, c: pd.DataFrame, w: str, doubtful: set[str]) -> None:
+    """What the folklore's beta_norm ≈ 0.1 is as beta_eff for these data and latents, and
+    how its runs compare with the structure peak (README question 2)."""
+    ref = a.facts.get("elbo_beta_norm")
+    if w != "beta_norm" or ref is None or not np.isclose(c["beta_norm"], 0.1).any():
+        return
+    at = c[np.isclose(c["beta_norm"], 0.1)]
+    a.facts["beta_norm_0.1"] = {"beta_eff": 0.1 / ref}
+    parts = [f"beta_norm = 0.1 (the folklore's sweet spot) is beta_eff = 0.1·N/M = "
+             f"{_g(0.1 / ref)} here, {_g(0.1 / ref)}× the ELBO's weight: D "
+             f"{_pm(at['distortion'].mean(), at['distortion'].std())} nats, R "
+             f"{_pm(at['rate'].mean(), at['rate'].std())} nats, active units "
+             f"{_range(at['active_units'])}"]
+    for p in (a.facts.get("structure_peaks") or []):
+        metric = p["metric"]
+        if metric not in at or not at[metric].notna().any():
+            continue
+        name = metric.split("/")[-1]
+        value = float(at[metric].mean())
+        near = np.isclose(p["peak"], 0.1) or any(np.isclose(v, 0.1) for v in p["within_noise"])
+        parts.append(f"{name} {_g(value)} against {_g(p['mean'])} at its peak (beta_norm "
+                     f"{_g(p['peak'])}){' — within seed noise of it' if near else ' — below it beyond seed noise' if p['n'] > 1 else ''}")
+    a.lines.append("; ".join(parts) + _provisional(at["run_id"], doubtful) + ".")
+
+
+def _alike_line(a: Answer, settings: pd.DataFrame, doubtful: set[str]) -> None:
+    """How alike the reconstructions are, setting by setting, when some setting collapsed
+    ("all reconstructions look the same": test/recon_variance_ratio near 0)."""
+    m = "test/recon_variance_ratio"
+    if settings.empty or m not in settings or not (settings["active_units"] == 0).any():
+        return
+    a.facts["recon_variance_ratio"] = {float(r.beta_eff): float(r[m]) for _, r in settings.iterrows()
+                                       if np.isfinite(r[m])}
+    each = "; ".join(
+        f"{setting_label(r, settings)}: "
+        f"{_pm(r[m], r.get(f'{m}_std', float('nan')), 2)} (active units "
+        f"{_g(r['active_units'], 2)}, R {_g(r['rate'], 3)} nats)"
+        for _, r in settings.sort_values("beta_eff").iterrows())
+    runs = [i for ids in settings["runs"] for i in ids]
+    a.lines.append("How alike the reconstructions of different test images are (`recon_variance_"
+                   "ratio`: their variance across images over the images' own; 0 = every "
+                   f"input gets the same picture): {each}{_provisional(runs, doubtful)}.")
+
+
+def _typed_pairs_line(a: Answer, df: pd.DataFrame, doubtful: set[str]) -> None:
+    """Sum and mean runs at the same typed beta: how far apart they land (README question 1)."""
+    t = typed_pairs(df)
+    a.facts["typed_pairs"] = int(len(t))
+    if t.empty:
+        return
+    spread = seed_spread(df)
+    sd = float(spread["std_distortion"].median()) if len(spread) else float("nan")
+    sr = float(spread["std_rate"].median()) if len(spread) else float("nan")
+    parts = []
+    for beta, g in t.groupby("beta", sort=True):
+        parts.append(
+            f"kl.beta = {_g(beta)}: beta_eff {_g(g['beta_eff_sum'].iloc[0])} (sum) vs "
+            f"{_g(g['beta_eff_mean'].iloc[0])} (mean); D {_g(g['distortion_sum'].mean(), 4)} → "
+            f"{_g(g['distortion_mean'].mean(), 4)} nats (ΔD {g['gap_distortion'].mean():+.3g}), R "
+            f"{_g(g['rate_sum'].mean())} → {_g(g['rate_mean'].mean())} nats (ΔR "
+            f"{g['gap_rate'].mean():+.3g}), active units {_g(g['active_units_sum'].mean(), 2)} → "
+            f"{_g(g['active_units_mean'].mean(), 2)}")
+    ratio = (f"; the smallest |ΔD| is {_g(t['gap_distortion'].abs().min())} nats, "
+             f"{_g(t['gap_distortion'].abs().min() / sd, 3)}× the seed-to-seed std of D "
+             f"({_g(sd)} nats; of R: {_g(sr)} nats)" if np.isfinite(sd) and sd > 0 else "")
+    a.facts["typed_gap_min"] = float(t["gap_distortion"].abs().min())
+    a.lines.append(f"Same typed weight, other reduction ({len(t)} pairs, means over seeds): "
+                   + "; ".join(parts) + ratio
+                   + _provisional([*t["run_sum"], *t["run_mean"]], doubtful) + ".")
+
+
+def _schedule_lines(a: Answer, settings: pd.DataFrame, doubtful: set[str]) -> None:
+    """Each annealing schedule against the constant weight at the same target beta_eff, on
+    active units and the test ELBO (README question 4)."""
+    comp = schedule_comparison(settings)
+    if comp.empty:
+        return
+    a.facts["schedules"] = comp.drop(columns=[]).to_dict("records")
+    for (head, be), g in comp.groupby(["head", "beta_eff"], sort=True):
+        const = settings[(settings["schedule"] == CONSTANT) & (settings["head"] == head)
+                         & np.isclose(settings["beta_eff"], be)].iloc[0]
+        text = [f"`{head}` at beta_eff {_g(be)}: constant weight: active units "
+                f"{_pm(const['active_units'], const.get('active_units_std', float('nan')), 2)}, "
+                f"test ELBO {_pm(const['elbo'], const.get('elbo_std', float('nan')), 4)} nats"]
+        runs = list(const["runs"])
+        for sched, h in g.groupby("schedule", sort=False):
+            row = settings[(settings["schedule"] == sched) & (settings["head"] == head)
+                           & np.isclose(settings["beta_eff"], be)].iloc[0]
+            runs += list(row["runs"])
+            bits = []
+            for r in h.itertuples():
+                label = "active units" if r.metric == "active_units" else "ELBO"
+                verdict = ("" if r.beyond_noise is None else
+                           " (beyond seed noise)" if r.beyond_noise else " (within seed noise)")
+                bits.append(f"{label} {r.diff:+.3g}{verdict}")
+            text.append(f"{sched}: " + ", ".join(bits))
+        a.lines.append("; ".join(text) + _provisional(runs, doubtful) + ".")
+    beyond = comp[comp["beyond_noise"].map(lambda v: v is True)]
+    if comp["beyond_noise"].map(lambda v: v is None).all():
+        return
+    if beyond.empty:
+        a.lines.append("Annealing: no schedule changes the final active units or ELBO beyond "
+                       "seed noise at any weight here: where the runs converge, the warm-up "
+                       "does not change where they end.")
+    else:
+        a.lines.append("Annealing changes the end point beyond seed noise in: " + "; ".join(
+            f"{r.schedule} at beta_eff {_g(r.beta_eff)} "
+            f"({'active units' if r.metric == 'active_units' else 'ELBO'} {r.diff:+.3g})"
+            for r in beyond.itertuples()) + ".")
+
+
+def _heads_lines(a: Answer, settings: pd.DataFrame, doubtful: set[str]) -> None:
+    """Heads compared on measures that do not depend on the head, and the σ that learned
+    heads settle on as an implied weight (README question 5)."""
+    h = head_comparison(settings)
+    if h.empty:
+        return
+    a.facts["heads"] = h.drop(columns="runs").to_dict("records")
+    runs = [i for ids in h["runs"] for i in ids]
+    for m, better in (("test/mse", min), ("test/linear_probe_acc", max)):
+        if m not in h or not h[m].notna().any():
+            continue
+        order = h.sort_values(m, ascending=better is min)
+        best = order.iloc[0]
+        tied = [r["head"] for _, r in order.iloc[1:].iterrows()
+                if abs(r[m] - best[m]) <= noise_floor(r, best, m)]
+        name = m.split("/")[-1]
+        a.lines.append(
+            f"Heads on {name} (the same measure under every head; their D, ELBO and IWAE NLL "
+            f"are different likelihoods and are not compared): "
+            + ", ".join(f"`{r['head']}` {_g(r[m], 3)}" for _, r in order.iterrows())
+            + f"; best `{best['head']}`"
+            + (f", within seed noise of it: " + ", ".join(f"`{t}`" for t in tied) if tied else
+               ", beyond seed noise of the next")
+            + _provisional(runs, doubtful) + ".")
+    if "active_units" in h:
+        a.lines.append("Active units by head: " + ", ".join(
+            f"`{r['head']}` {_g(r['active_units'], 2)}" for _, r in h.iterrows()) + ".")
+    if "implied_beta" in h:
+        learned = h[~h["head"].astype(str).str.startswith("gaussian σ=") & h["implied_beta"].notna()]
+        fixed = h[h["head"].astype(str).str.startswith("gaussian σ=")]
+        if len(learned):
+            text = ("σ the learned heads settle on, as the weight β of the MSE-sum loss "
+                    "Σ(x−x̂)² + β·KL with the same minimiser (β = 2σ²): " + ", ".join(
+                        f"`{r['head']}` σ = {_g(r['val/sigma'])} → β = {_g(r['implied_beta'])}"
+                        for _, r in learned.iterrows()))
+            if len(fixed):
+                text += ("; the fixed heads: " + ", ".join(
+                    f"`{r['head']}` → β = {_g(r['implied_beta'])}" for _, r in fixed.iterrows()))
+            a.lines.append(text + _provisional(list(learned["runs"].sum()), doubtful) + ".")

@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from vaesweep.report import analysis, plots
+from vaesweep.report import analysis, plots, settings as by
 from vaesweep.report.answer import Answer, answer
 from vaesweep.report.analysis import complete_runs, structure_metric, weight_column
 from vaesweep.report.data import SweepData
@@ -169,6 +169,56 @@ def pictures_section(data: SweepData, max_runs: int) -> Section:
     return s
 
 
+#: columns of the by-setting table, when logged (means over seeds; ``_std`` beside the key ones)
+_SETTING_COLUMNS = ["head", "schedule", "reduction", "beta_eff", "n", "converged", "distortion",
+                    "distortion_std", "rate", "rate_std", "elbo", "elbo_std", "active_units",
+                    "active_units_std", "test/mse", "test/mse_std", "test/psnr",
+                    "test/recon_variance_ratio", "test/linear_probe_acc",
+                    "test/linear_probe_acc_std", "test/knn_acc", "test/mig", "test/iwae_nll",
+                    "val/sigma"]
+#: a sweep with at most this many settings gets one reconstruction picture per setting
+MAX_SETTING_PICTURES = 12
+
+
+def settings_section(data: SweepData, settings: pd.DataFrame, max_images: int) -> Section:
+    """Every setting (all trained params but the seed) with its means and seed spread, the
+    sum/mean pairs at the same typed weight, and one reconstruction picture per setting."""
+    s = Section("settings", "By setting (mean ± std over seeds)")
+    if settings.empty:
+        s.skipped = "no complete runs"
+        return s
+    s.text.append("Runs grouped by everything they train except the seed. `elbo` is −(D + R) "
+                  "on the test images; `converged`: runs whose validation ELBO moved less than "
+                  "1 % over the last 20 % of steps. Heads differ in their likelihood, so compare "
+                  "heads on `test/mse`, `test/psnr`, the probes and active units only. "
+                  "`test/recon_variance_ratio`: the reconstructions' variance across test images "
+                  "over the images' own (0: every input gets the same picture).")
+    t = settings[[c for c in _SETTING_COLUMNS if c in settings]].copy()
+    s.tables.append(Table(f"{len(t)} settings", t))
+    typed = by.typed_pairs(data.runs)
+    if len(typed):
+        tt = typed.copy()
+        tt["run_sum"], tt["run_mean"] = tt["run_sum"].str[:8], tt["run_mean"].str[:8]
+        s.tables.append(Table("the same typed kl.beta under sum and under mean (gaps: mean − sum)",
+                              tt))
+    if max_images <= 0 or len(settings) > MAX_SETTING_PICTURES or data.client is None:
+        return s
+    runs = data.runs.set_index("run_id")
+    items = []
+    with tempfile.TemporaryDirectory(prefix="vaesweep-report-") as tmp:
+        for _, row in settings.iterrows():
+            first = sorted(row["runs"], key=lambda i: (runs.loc[i, "seed"], str(i)))[0]
+            rvr = row.get("test/recon_variance_ratio", float("nan"))
+            label = (f"{by.setting_label(row, settings)}: run {first[:8]}, active units "
+                     f"{runs.loc[first, 'active_units']:.0f}"
+                     + (f", recon_variance_ratio {rvr:.2g} (mean over seeds)" if rvr == rvr else ""))
+            items.append((label, data.artifact(first, "reconstructions.png", Path(tmp) / first)))
+        s.pictures.append(_picture("reconstructions_by_setting",
+                                   "reconstructions, one run per setting (top: inputs, bottom: "
+                                   "reconstructions)", plots.reconstructions_by_setting(items)))
+    return s
+
+
 def study_section(data: SweepData) -> Section:
     s = Section("optuna", "Optuna study")
     st = data.study
@@ -205,7 +255,9 @@ def build_report(data: SweepData, *, max_images: int = 6) -> Report:
     pairs = analysis.reduction_pairs(df)
     sections = [rd_section(data), weight_section(data), pairs_section(pairs)]
     dyn_section, dyn_table = dynamics_section(data)
-    sections += [dyn_section, pictures_section(data, max_images), study_section(data)]
+    settings = by.by_setting(df)
+    sections += [dyn_section, settings_section(data, settings, max_images),
+                 pictures_section(data, max_images), study_section(data)]
     runs = Section("runs", "All runs")
     runs.tables.append(Table(f"{len(df)} runs", _runs_table(df, w)))
     sections.append(runs)

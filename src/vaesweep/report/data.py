@@ -8,7 +8,7 @@ the notebook use:
 ==================  =========================================================================
 ``run_id``          the MLflow run; ``run_name``, ``trial`` (Optuna / job number), ``overrides``
 ``state``           COMPLETE, PRUNED, FAILED, KILLED or RUNNING
-``head``            ``likelihood.name``
+``head``            ``likelihood.name`` (with a fixed σ or a learned σ's scope: :func:`head_label`)
 ``reduction``       ``kl.reduction`` (sum / mean)
 ``weighting``       ``kl.name`` (beta, beta_norm, capacity, geco, controlvae)
 ``method``          ``+method=`` of the schedules study, else weighting[/schedule][+free bits]
@@ -221,6 +221,20 @@ def _unfinished(tags: Mapping[str, str], params: Mapping[str, Any], beta_eff: fl
             f"of the configured {beta_eff:.4g}")
 
 
+def head_label(params: Mapping[str, Any]) -> Any:
+    """The likelihood head as the report names it: ``likelihood.name``, with the fixed σ of a
+    Gaussian (``gaussian σ=0.1``) and the scope of a learned σ (``gaussian_learned (pixel)``)
+    when the run records them, since those are different likelihoods whose distortions must
+    not share a Pareto front."""
+    name = params.get("likelihood.name")
+    sigma, scope = params.get("likelihood.sigma"), params.get("likelihood.scope")
+    if name == "gaussian" and isinstance(sigma, (int, float)) and not isinstance(sigma, bool):
+        return f"gaussian σ={sigma:g}"
+    if name == "gaussian_learned" and isinstance(scope, str):
+        return f"gaussian_learned ({scope})"
+    return name
+
+
 def run_row(run: Any) -> dict[str, Any]:
     """One MLflow run as a flat dict: params, final metrics, tags we rely on, derived values."""
     params = {k: parse_value(v) for k, v in run.data.params.items()}
@@ -249,7 +263,7 @@ def run_row(run: Any) -> dict[str, Any]:
     logged_beta_eff = _first(metrics, ("test/beta_eff", "val/beta_eff", "train/beta_eff"))
     beta_eff = _config_beta_eff(params, weighting, n_elements, m)
     row.update({
-        "head": params.get("likelihood.name"),
+        "head": head_label(params),
         "reduction": params.get("kl.reduction"),
         "weighting": weighting,
         "method": _method(params, row["overrides"]),

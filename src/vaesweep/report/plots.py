@@ -21,7 +21,8 @@ from matplotlib.lines import Line2D
 
 from vaesweep.contract import COLLAPSE_THRESHOLD
 from vaesweep.report.analysis import (complete_runs, elbo_weight, over_seeds, pareto_mask,
-                                      run_label, structure_metric, weight_column)
+                                      run_label, structure_metric, structure_metrics,
+                                      weight_column)
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 LINESTYLES = {"sum": "-", "mean": "--"}
@@ -127,10 +128,12 @@ def metrics_vs_weight(df: pd.DataFrame, weight: str | None = None) -> Figure:
     if c.empty:
         return _empty("against the KL weight", "no complete runs")
     weight = weight or weight_column(df)
-    structure = structure_metric(c)
+    structure = structure_metrics(c)
     panels = [("distortion", AXIS_LABEL["distortion"]), ("rate", AXIS_LABEL["rate"]),
-              ("active_units", AXIS_LABEL["active_units"]),
-              (structure, structure.split("/")[-1] if structure else "MIG / probe accuracy")]
+              ("active_units", AXIS_LABEL["active_units"])]
+    if "test/iwae_nll" in c and c["test/iwae_nll"].notna().any():
+        panels.append(("test/iwae_nll", "IWAE NLL (nats / example)"))
+    panels += [(m, m.split("/")[-1]) for m in structure] or [(None, "MIG / probe accuracy")]
     heads = list(c["head"].drop_duplicates())
     styles = _head_styles(heads)
     if len(heads) > 1:
@@ -138,8 +141,13 @@ def metrics_vs_weight(df: pd.DataFrame, weight: str | None = None) -> Figure:
         # compare their shapes, each from its head's lowest distortion
         c = c.assign(distortion=c["distortion"] - c.groupby("head")["distortion"].transform("min"))
         panels[0] = ("distortion", "D − the head's lowest D (nats / example)")
-    fig = Figure(figsize=(10, 7))
-    axes = fig.subplots(2, 2, sharex=True).ravel()
+    cols = 2 if len(panels) <= 4 else 3
+    rows = math.ceil(len(panels) / cols)
+    fig = Figure(figsize=(5 * cols, 3.5 * rows))
+    axes = fig.subplots(rows, cols, sharex=True, squeeze=False).ravel()
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    axes = axes[:len(panels)]
     ref = elbo_weight(c) if weight == "beta_norm" else 1.0
     xs = c[weight][c[weight] > 0]
     # the ELBO's weight, drawn when it is near the swept range (else it only squeezes it)
@@ -167,8 +175,13 @@ def metrics_vs_weight(df: pd.DataFrame, weight: str | None = None) -> Figure:
     for ax in axes:
         if (c[weight] > 0).all():
             ax.set_xscale("log")
-    for ax in axes[2:]:
+    for ax in axes[-cols:]:
         ax.set_xlabel(AXIS_LABEL.get(weight, weight))
+    if weight == "beta_norm" and ref and (c[weight] > 0).all():
+        # the same axis as beta_eff = beta_norm·N/M (from the config's M/N)
+        for ax in axes[:cols]:
+            top = ax.secondary_xaxis("top", functions=(lambda x: x / ref, lambda x: x * ref))
+            top.set_xlabel("beta_eff", fontsize=8)
     handles, labels = axes[0].get_legend_handles_labels()
     if show_ref:
         handles.append(Line2D([], [], color="0.5", ls=":", lw=1))
@@ -275,5 +288,26 @@ def run_pictures(row: pd.Series | dict, reconstructions: str | Path | None,
     d, r = row.get("distortion", np.nan), row.get("rate", np.nan)
     fig.suptitle(f"{run_label(row, weight)}: D = {d:.4g}, R = {r:.4g} nats "
                  f"(run {str(row.get('run_id'))[:8]})", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def reconstructions_by_setting(items: Sequence[tuple[str, str | Path | None]]) -> Figure:
+    """The reconstructions each setting's first-seed run logged (``reconstructions.png``:
+    inputs above, reconstructions below), one row per setting, titled with ``label``:
+    whether different inputs get different pictures is seen at a glance."""
+    import matplotlib.image as mpimg
+
+    shown = [(label, mpimg.imread(str(p))) for label, p in items if p is not None]
+    if not shown:
+        return _empty("reconstructions by setting", "the runs logged no pictures")
+    width = 9.0
+    heights = [min(width * a.shape[0] / a.shape[1], 4.0) for _, a in shown]
+    fig = Figure(figsize=(width, sum(heights) + 0.4 * len(shown)))
+    axes = fig.subplots(len(shown), 1, height_ratios=heights, squeeze=False).ravel()
+    for ax, (label, a) in zip(axes, shown):
+        ax.imshow(a, interpolation="lanczos")
+        ax.set_title(label, fontsize=9)
+        ax.axis("off")
     fig.tight_layout()
     return fig
