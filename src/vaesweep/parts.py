@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from vaesweep.contract import conf_dir
+from vaesweep.contract import OPTIM_DEFAULTS, conf_dir
 from vaesweep.errors import ConfigError
 from vaesweep.data.base import DATASETS, data_config
 from vaesweep.kl.schedules import SCHEDULES
@@ -124,4 +124,8 @@ def register_schemas(conf: Path | None = None) -> list[str]:
             stored.append(schema_name(group, name))
             if not (Path(conf) / group / f"{name}.yaml").is_file():
                 cs.store(group=group, name=name, node=node, **replace)
+    # the optimiser is no registered part, but its preset starts from Python's defaults too
+    optim = schema_name("optim", OPTIM_DEFAULTS["name"])
+    cs.store(name=optim, node=dict(OPTIM_DEFAULTS), **replace)
+    stored.append(optim)
     return stored

@@ -14,7 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 import vaesweep.resolvers  # noqa: F401  (resolvers the configs use)
-from vaesweep.contract import METRIC_NAMES, TEST_METRICS, absolute_sqlite, is_metric_name
+from vaesweep.contract import (METRIC_NAMES, OPTIM_DEFAULTS, TEST_METRICS, absolute_sqlite,
+                               is_metric_name)
 from vaesweep.data import VAEDataModule
 from vaesweep.errors import ConfigError, number
 from vaesweep.job.hardware import FAST_PATH, check_fast_path
@@ -63,8 +64,7 @@ def check_job(c: Mapping[str, Any]) -> None:
     optim = c.get("optim") or {}
     if optim.get("name") not in OPTIMIZERS:
         raise ConfigError("optim.name", optim.get("name"), sorted(OPTIMIZERS))
-    number("optim.lr", optim.get("lr", 1e-3), 0.0, lo_open=True)
-    number("data.batch_size", c["data"].get("batch_size", 64), 1, integer=True)
+    number("optim.lr", optim.get("lr", OPTIM_DEFAULTS["lr"]), 0.0, lo_open=True)
     uri = str(c["tracking"]["uri"])
     if "://" not in uri and not uri.startswith("databricks"):
         raise ConfigError("tracking.uri", uri, "an MLflow tracking URI such as sqlite:///mlflow.db, "

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vaesweep.cli import fail
 from vaesweep.contract import ATTR_FAIL_REASON, ATTR_PRUNED_REASON, TAG_HOST, TAG_PID, TAG_PID_START
-from vaesweep.errors import ConfigError, VaesweepError, number
+from vaesweep.errors import ConfigError, VaesweepError, number, stop_signal
 from vaesweep.job.faults import machine_fault
 from vaesweep.sweep import compat
 from vaesweep.sweep.compat import BasicSweeper, OptunaSweeperImpl, create_params_from_overrides
@@ -94,9 +94,8 @@ def fail_stale_trials(study: optuna.Study) -> list[int]:
 def fail_unfinished(study: optuna.Study, trials: Sequence[optuna.Trial], e: BaseException) -> None:
     """Marks FAIL, with the reason, the ``trials`` still RUNNING when their launch ended in
     ``e`` (the user stopped the sweep), so that the study holds no live-looking trial."""
-    reason = (f"interrupted by {e.signal_name}" if hasattr(e, "signal_name") else
-              "interrupted by SIGINT" if isinstance(e, KeyboardInterrupt) else
-              f"{type(e).__name__}: {e}"[:2000])
+    stop = stop_signal(e)
+    reason = f"interrupted by {stop[0]}" if stop else f"{type(e).__name__}: {e}"[:2000]
     for t in trials:
         try:
             if compat.is_running(study, t):
