@@ -275,8 +275,7 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
         self.design: list[dict] = []
         self.pruner = pruner
         self._max_failures_in_a_row = max_failures_in_a_row  # checked in sweep(), not cast
-        self.max_failures_in_a_row = (int(max_failures_in_a_row or 0)
-                                      if isinstance(max_failures_in_a_row, int) else 0)
+        self.max_failures_in_a_row = 0  # the checked value, set in sweep(); 0: never stop
         self.custom_search_space_extender = custom_search_space
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
@@ -328,8 +327,9 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
         number("hydra.sweeper.n_trials", self.n_trials, 1, integer=True)
         number("hydra.sweeper.n_jobs", self.n_jobs, 1, integer=True)
         if self._max_failures_in_a_row is not None:  # null: never stop
-            number("hydra.sweeper.max_failures_in_a_row", self._max_failures_in_a_row, 0,
-                   integer=True)
+            # the checked value: 3.0 is 3 (it was accepted here, then read as 0)
+            self.max_failures_in_a_row = int(number("hydra.sweeper.max_failures_in_a_row",
+                                                    self._max_failures_in_a_row, 0, integer=True))
         pruner = self.pruner
         prune_on = (self.config.get("study") or {}).get("prune_on")
         if prune_on and (pruner is None or isinstance(pruner, optuna.pruners.NopPruner)):
