@@ -158,10 +158,10 @@ class PartConfig:
 
         Raises ConfigError naming ``<prefix>.<key>``, the value and what is allowed."""
         ignore = set(ignore)
-        if type(given).__name__ == "DictConfig":  # unresolved values stay as written ("???")
+        if type(given).__name__ == "DictConfig":  # a missing value stays "???", for cfg_get
             from omegaconf import OmegaConf
 
-            given = OmegaConf.to_container(given, resolve=False)  # type: ignore[assignment]
+            given = OmegaConf.to_container(given, resolve=True)  # type: ignore[assignment]
         given = {k: v for k, v in dict(given).items() if k != "name" and k not in ignore}
         if what is not None:
             known_keys(prefix, given, [*cls.key_names(), *ignore], what)

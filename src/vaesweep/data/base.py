@@ -308,6 +308,14 @@ def cfg_get(cfg: Mapping, key: str, default: Any = None) -> Any:
     return default if value is None else value
 
 
+def check_data(cfg: Mapping, config: type[DataConfig]) -> Any:
+    """The ``data`` node (dict or DictConfig) checked against ``config``, a null value
+    standing for the default as in :func:`cfg_get` (``root`` is the builder's to read: a
+    missing one is reported there). Returns the checked config; raises ConfigError."""
+    given = {k: cfg_get(cfg, k) for k in config.key_names() if k != "root"}
+    return config.validate({k: v for k, v in given.items() if v is not None}, "data")
+
+
 def data_root(cfg: Mapping) -> Path:
     """``data.root``, else ``$VAESWEEP_DATA``, else ~/.cache/vaesweep; ``~`` expanded."""
     root = cfg_get(cfg, "root") or os.environ.get("VAESWEEP_DATA") or DEFAULT_ROOT
@@ -348,10 +356,13 @@ def maybe_subset(imageset: ImageSet, cfg: Mapping) -> ImageSet:
 
 
 def build_imageset(cfg: Mapping) -> ImageSet:
-    """Build the ImageSet named by ``data.name`` from the ``data`` config node."""
+    """Build the ImageSet named by ``data.name`` from the ``data`` config node, checked
+    against the dataset's dataclass first. Raises ConfigError naming the bad key."""
     name = cfg_get(cfg, "name")
     if name is None:
         raise ConfigError("data.name", None, sorted(DATASETS))
-    imageset = DATASETS.get(name)(cfg)
+    builder = DATASETS.get(name)
+    check_data(cfg, builder.Config)  # its keys' types and ranges, as after composition
+    imageset = builder(cfg)
     log.info("data: %r", imageset)
     return imageset

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
-from vaesweep.data.base import DATASETS, ImageSet, build_imageset, cfg_get, data_config
+from vaesweep.data.base import DATASETS, ImageSet, build_imageset, cfg_get, check_data, data_config
 from vaesweep.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -159,12 +159,10 @@ class VAEDataModule(L.LightningDataModule):
         self.cfg = cfg
         # the checked keys, with the dataset's defaults for those a partial config leaves out
         # (register_dataset); an ImageSet handed in may be of no registered dataset: then
-        # the common ones. Null means the default here too (cfg_get).
+        # the common ones
         name = cfg_get(cfg, "name")
         config = data_config(None if imageset is not None and name not in DATASETS else name)
-        given = {k: cfg_get(cfg, k) for k in config.key_names()
-                 if k != "root" and cfg_get(cfg, k) is not None}  # root: read by the builder
-        checked: Any = config.validate(given, "data")
+        checked = check_data(cfg, config)
         self.batch_size = checked.batch_size
         self.eval_batch_size = checked.eval_batch_size or self.batch_size
         val_fraction, test_fraction = checked.val_fraction, checked.test_fraction
