@@ -18,7 +18,7 @@ import numpy as np
 import optuna
 import pytest
 
-from conftest import ROOT, search_runs
+from conftest import ROOT, run_cli, search_runs
 from faults import read_only_dir  # noqa: F401  (fixture)
 
 # small and quick: errors come before training, but the data is built to check shapes
@@ -302,6 +302,17 @@ def test_a_bad_part_value_fails_before_the_data_are_loaded(cwd, monkeypatch, arg
     assert not (cwd / "data").exists()
     db = cwd / "mlflow.db"
     assert not db.exists() or not search_runs(f"sqlite:///{db}")
+
+
+def test_a_bad_value_in_an_empty_folder_writes_no_data_and_no_store(tmp_path):
+    """The real entry point in a fresh process, in an empty folder: the default data (the
+    whole dSprites set, generated and cached on first use) are never built, and no MLflow
+    store is opened."""
+    r = run_cli(["kl.reduction=avg"], tmp_path)  # VAESWEEP_DATA: tmp_path/data
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert r.stderr.strip().splitlines()[-1] == (
+        "vaesweep: error: kl.reduction='avg' is invalid: allowed is one of 'sum', 'mean'")
+    assert not (tmp_path / "data").exists() and not (tmp_path / "mlflow.db").exists()
 
 
 def test_data_files_missing(cwd):
