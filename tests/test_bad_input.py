@@ -18,7 +18,7 @@ import numpy as np
 import optuna
 import pytest
 
-from conftest import ROOT, search_runs
+from conftest import ROOT, run_cli, search_runs
 from faults import read_only_dir  # noqa: F401  (fixture)
 
 # small and quick: errors come before training, but the data is built to check shapes
@@ -263,6 +263,56 @@ def test_bad_input(cwd, args, needles, exit_code):
     if exit_code == 2:  # ours: exactly one line
         lines = [l for l in err.splitlines() if l.startswith("vaesweep: error:")]
         assert len(lines) == 1, err
+
+
+# a bad value of any part (head, weighting, schedule, model, dataset) is refused right after
+# composition, by the part's dataclass (issue 14): no data loaded (the default dSprites would be
+# generated and cached), no MLflow run, no Optuna trial
+EARLY = [
+    (["kl.reduction=avg"], ["kl.reduction='avg'", "'sum', 'mean'"]),
+    (["likelihood=gaussian_learned", "likelihood.scope=pixels"],
+     ["likelihood.scope='pixels'", "'scalar', 'channel', 'pixel'"]),
+    (["likelihood=laplace", "likelihood.learn_scale=true", "likelihood.scale=0.001"],
+     ["likelihood.scale=0.001", "exp(likelihood.min_log_scale)"]),
+    (["kl/schedule=cyclical", "kl.schedule.ratio=0"], ["kl.schedule.ratio=0", "(0, 1]"]),
+    (["kl=geco", "kl.lambda_min=10", "kl.lambda_max=1"], ["kl.lambda_max=1", "[10, inf]"]),
+    (["model.hidden=0"], ["model.hidden=0", "whole number in [1, inf]"]),
+    (["model=mlp", "model.hidden=[64,0.5]"], ["model.hidden=[64, 0.5]", "a list of whole numbers"]),
+    (["data.val_fraction=0.6", "data.test_fraction=0.5"], ["data.val_fraction=0.6", "at most 0.5"]),
+    ([*SWEEP, "kl/schedule=linear", "kl.schedule.start=2"], ["kl.schedule.start=2", "[0, 1]"]),
+]
+
+
+@pytest.mark.parametrize("args,needles", EARLY, ids=[" ".join(a[-2:]) for a, _ in EARLY])
+def test_a_bad_part_value_fails_before_the_data_are_loaded(cwd, monkeypatch, args, needles):
+    from vaesweep.data import loaders
+
+    loaded = []
+
+    def no_data(cfg):
+        loaded.append(cfg)
+        raise RuntimeError("the data were loaded before the config was checked")
+
+    monkeypatch.setattr(loaders, "cached_imageset", no_data)
+    # no data.subset: the default data would be the whole dSprites set, generated and cached
+    full = args if args[0] == "-m" else ["trainer=smoke", "threads=1", *args]
+    code, err = main(full)
+    check(code, err, needles, 2)
+    assert not loaded, "the data were loaded before the bad value was refused"
+    assert not (cwd / "data").exists()
+    db = cwd / "mlflow.db"
+    assert not db.exists() or not search_runs(f"sqlite:///{db}")
+
+
+def test_a_bad_value_in_an_empty_folder_writes_no_data_and_no_store(tmp_path):
+    """The real entry point in a fresh process, in an empty folder: the default data (the
+    whole dSprites set, generated and cached on first use) are never built, and no MLflow
+    store is opened."""
+    r = run_cli(["kl.reduction=avg"], tmp_path)  # VAESWEEP_DATA: tmp_path/data
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert r.stderr.strip().splitlines()[-1] == (
+        "vaesweep: error: kl.reduction='avg' is invalid: allowed is one of 'sum', 'mean'")
+    assert not (tmp_path / "data").exists() and not (tmp_path / "mlflow.db").exists()
 
 
 def test_data_files_missing(cwd):

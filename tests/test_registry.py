@@ -121,3 +121,76 @@ def test_the_one_validation_style_names_key_value_and_what_is_allowed():
         flag("likelihood.learn_scale", "yes")
     with pytest.raises(ConfigError, match=r"model.widht=3 is invalid: allowed is a key of model mlp: \['hidden', 'latent_dim'\]"):
         known_keys("model", {"widht": 3}, ["latent_dim", "hidden"], "model mlp")
+
+
+# -- each part's typed config, checked right after composition (issue 14) --------------------
+NEW_PARTS = {
+    "likelihood": ("vaesweep.likelihood", "zz_typed_head", '''
+        from dataclasses import dataclass
+
+        from vaesweep.likelihood.base import HEADS, LikelihoodHead
+        from vaesweep.schema import PartConfig, one_of, positive
+
+        @HEADS.register("zz_typed_head")
+        class ZZTypedHead(LikelihoodHead):
+            @dataclass
+            class Config(PartConfig):
+                width: float = positive(2.0)
+                mode: str = one_of("abs", ("abs", "square"))
+    ''', {"width": 2.0, "mode": "abs"},
+        [("likelihood.width=-1", r"likelihood.width=-1 is invalid: allowed is a number in \(0, inf\]"),
+         ("likelihood.mode=cube", r"likelihood.mode='cube' is invalid: allowed is one of 'abs', 'square'")]),
+    # a model's signature is its dataclass: an int argument is a count of units
+    "model": ("vaesweep.nn", "zz_typed_model", '''
+        from vaesweep.nn import MODELS
+
+        @MODELS.register("zz_typed_model")
+        def zz_typed_model(shape, latent_dim: int, out_channels: int, width: int = 8):
+            raise AssertionError("not built by this test")
+    ''', {"latent_dim": 10, "width": 8},
+        [("model.width=2.5", r"model.width=2.5 is invalid: allowed is a whole number in \[1, inf\]")]),
+}
+
+
+@pytest.mark.parametrize("group", sorted(NEW_PARTS))
+def test_a_new_part_s_dataclass_is_checked_after_composition_with_no_registration_line(
+        group, tmp_path, monkeypatch):
+    import importlib
+
+    from omegaconf import OmegaConf
+
+    from vaesweep.parts import GROUPS as PARTS, check_parts, register_schemas
+
+    package, name, source, defaults, bad = NEW_PARTS[group]
+    pkg = importlib.import_module(package)
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
+    monkeypatch.setattr(pkg, "__path__", [*pkg.__path__, str(tmp_path)])
+    registry = PARTS[group].registry
+    try:
+        register_schemas()  # what importing vaesweep.resolvers does: finds the new file
+        cfg = compose([f"{group}={name}"])
+        assert dict(cfg[group]) == {"name": name, **defaults}  # the dataclass's defaults
+        check_parts(OmegaConf.to_container(cfg, resolve=True))
+        for override, message in bad:
+            c = OmegaConf.to_container(compose([f"{group}={name}", override]), resolve=True)
+            with pytest.raises(ConfigError, match=message):
+                check_parts(c)
+    finally:
+        registry.pop(name, None)
+        sys.modules.pop(f"{package}.{name}", None)
+
+
+def test_integer_config_values_follow_one_rule():
+    """data.subset, data.seed and data.batch_size take a whole number (2.0 is 2), and refuse
+    2.5 with errors.number's message, as every other count of the config does."""
+    from vaesweep.data.base import DataConfig, data_seed, subset_size
+
+    assert subset_size({"subset": 2.0}, 10) == 2 and subset_size({"subset": 10}, 10) is None
+    with pytest.raises(ConfigError, match=r"data.subset=2.5 is invalid: allowed is a whole number in \[1, 10\]"):
+        subset_size({"subset": 2.5}, 10)
+    assert data_seed({"seed": 3.0}) == 3
+    with pytest.raises(ConfigError, match=r"data.seed=1.5 is invalid: allowed is a whole number in \[0, inf\]"):
+        data_seed({"seed": 1.5})
+    assert DataConfig.validate({"batch_size": 32.0}, "data").batch_size == 32
+    with pytest.raises(ConfigError, match=r"data.batch_size=2.5 is invalid: allowed is a whole number in \[1, inf\]"):
+        DataConfig.validate({"batch_size": 2.5}, "data")

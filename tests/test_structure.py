@@ -166,3 +166,50 @@ def test_a_checkpoint_from_before_the_rename_of_kl_still_fits_the_model(tmp_path
     ckpt = {"state_dict": dict(state)}
     module.on_load_checkpoint(ckpt)
     module.load_state_dict(ckpt["state_dict"])
+
+
+@pytest.mark.parametrize("stop,name,code", [("SIGTERM", "SIGTERM", 143), ("SIGINT", "SIGINT", 130),
+                                            ("ctrl-c", "SIGINT", 130)])
+def test_the_signal_that_stopped_a_job_is_named_by_one_helper(stop, name, code, capsys):
+    """The CLI's one line and the reason a sweep gives the trials it marks FAIL name the same
+    signal: errors.stop_signal, beside Interrupted (still importable from tracking.run)."""
+    import signal
+
+    import optuna
+
+    from vaesweep.cli import interrupted, is_stop
+    from vaesweep.errors import Interrupted, stop_signal
+    from vaesweep.sweep.sweepers import fail_unfinished
+    from vaesweep.tracking import run
+
+    assert run.Interrupted is Interrupted
+    e = KeyboardInterrupt() if stop == "ctrl-c" else Interrupted(getattr(signal, stop))
+    assert stop_signal(e) == (name, code - 128) and is_stop(e)
+    assert stop_signal(ValueError("x")) is None and not is_stop(ValueError("x"))
+    with pytest.raises(SystemExit) as exit_:
+        interrupted(e)
+    assert exit_.value.code == code
+    assert f"vaesweep: interrupted by {name}: no MLflow run had started" in capsys.readouterr().err
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study()
+    trial = study.ask()
+    fail_unfinished(study, [trial], e)
+    frozen = study.get_trials()[0]
+    assert frozen.state == optuna.trial.TrialState.FAIL
+    assert frozen.user_attrs["fail_reason"] == f"interrupted by {name}"
+
+
+def test_the_default_learning_rate_has_one_source():
+    """conf/optim/adam.yaml and a config without ``optim`` (or without ``optim.lr``) train at
+    the same rate: vaesweep.contract.OPTIM_DEFAULTS (it was 5e-4 in the YAML, 1e-3 in Python)."""
+    from conftest import compose
+
+    from vaesweep.contract import OPTIM_DEFAULTS
+    from vaesweep.module import VAEModule
+
+    assert dict(compose([]).optim) == OPTIM_DEFAULTS
+    base = {"model": {"name": "mlp", "hidden": [8]}, "likelihood": {"name": "bernoulli"},
+            "kl": {"name": "beta"}}
+    for optim in ({}, {"optim": {"name": "adamw"}}):
+        module = VAEModule({**base, **optim}, (1, 8, 8))
+        assert module.configure_optimizers().param_groups[0]["lr"] == OPTIM_DEFAULTS["lr"]

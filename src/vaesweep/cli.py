@@ -8,7 +8,7 @@ import sys
 from typing import Any, NoReturn
 
 from vaesweep.contract import conf_dir
-from vaesweep.errors import VaesweepError
+from vaesweep.errors import VaesweepError, stop_signal
 
 log = logging.getLogger("vaesweep")
 
@@ -76,21 +76,17 @@ def run_failure(e: BaseException) -> VaesweepError | None:
 
 def is_stop(e: BaseException) -> bool:
     """Whether ``e`` is the user stopping the job: Ctrl-C, or SIGINT/SIGTERM inside a run
-    (``tracking.run.Interrupted``, looked up only if that module was loaded: mlflow is slow
-    to import, and ``--help`` does not need it)."""
-    run = sys.modules.get("vaesweep.tracking.run")
-    return isinstance(e, KeyboardInterrupt) or (run is not None and isinstance(e, run.Interrupted))
+    (:class:`vaesweep.errors.Interrupted`)."""
+    return stop_signal(e) is not None
 
 
 def interrupted(e: BaseException) -> NoReturn:
     """The user stopped the job (Ctrl-C, SIGTERM): one line naming the signal and the MLflow
     runs marked KILLED, and the shell's exit code for that signal."""
-    import signal as signals
-
-    if hasattr(e, "killed_runs"):  # tracking.run.Interrupted
-        name, signum, runs = e.signal_name, e.signum, e.killed_runs
-    else:  # a KeyboardInterrupt outside any run
-        name, signum, runs = "SIGINT", int(signals.SIGINT), []
+    stop = stop_signal(e)
+    assert stop is not None, "called for a stop only (is_stop)"
+    name, signum = stop
+    runs = list(getattr(e, "killed_runs", []))  # an Interrupted's; none outside any run
     what = (f"MLflow run{'s' if len(runs) > 1 else ''} {', '.join(runs)} "
             f"{'are' if len(runs) > 1 else 'is'} marked KILLED" if runs
             else "no MLflow run had started")

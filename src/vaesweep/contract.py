@@ -1,5 +1,5 @@
 """The contract between vaesweep's parts and its readers (DESIGN §4): metric names, MLflow tag
-names, the thresholds the metrics and reports share, the default stores, SQLite URI parsing
+names, the thresholds the metrics and reports share, the default optimiser and stores, SQLite URI parsing
 the KL per latent dimension every part computes the same way, and where the Hydra config
 folder is. Imports nothing of vaesweep and nothing heavy, so every module may import it."""
 from __future__ import annotations
@@ -66,6 +66,12 @@ ACTIVE_THRESHOLD = 0.01
 #: nats of mean KL below which a latent dimension counts as collapsed to the prior (it carries
 #: no information; Burda et al. 2016 use the same 0.01 on the variance of its posterior mean)
 COLLAPSE_THRESHOLD = 0.01
+
+# -- defaults -------------------------------------------------------------------------------
+#: the optimiser of a config that gives none, and the default of each ``optim`` key it leaves
+#: out: Adam at 5e-4 (Burgess et al. 2018 at batch 64; Locatello et al. 2019 use 1e-4). The
+#: preset conf/optim/adam.yaml starts from it (vaesweep.parts.register_schemas).
+OPTIM_DEFAULTS: dict[str, Any] = {"name": "adam", "lr": 5e-4}
 
 # -- stores ---------------------------------------------------------------------------------
 #: the MLflow tracking store and the Optuna study store when none is given

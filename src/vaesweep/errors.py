@@ -1,6 +1,7 @@
 """Errors that reach the user as one clear line: the key, the bad value, what is allowed."""
 from __future__ import annotations
 
+import signal
 from typing import Any, Iterable, Mapping
 
 
@@ -32,6 +33,37 @@ class DataError(VaesweepError, OSError):
         if hint:
             msg += f" ({hint})"
         super().__init__(msg)
+
+
+class Interrupted(BaseException):
+    """SIGTERM or SIGINT (Ctrl-C), turned into an exception so the run is marked KILLED on the
+    way out (:class:`vaesweep.tracking.run.TrackedRun` raises it from its signal handler). A
+    BaseException, as KeyboardInterrupt: no ``except Exception`` swallows it. Each
+    TrackedRun it passes through adds its run id to :attr:`killed_runs`. Defined here, with
+    :func:`stop_signal`, so that the CLI can tell a stop without importing MLflow."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = int(signum)
+        self.killed_runs: list[str] = []
+        super().__init__(f"signal {self.signum} ({self.signal_name})")
+
+    @property
+    def signal_name(self) -> str:
+        try:
+            return signal.Signals(self.signum).name
+        except ValueError:
+            return str(self.signum)
+
+
+def stop_signal(e: BaseException) -> tuple[str, int] | None:
+    """The signal that stopped a job, as (name, number): an :class:`Interrupted`'s, SIGINT
+    for a KeyboardInterrupt (Ctrl-C outside any run); None when ``e`` is no stop (the user's
+    CLI message and a sweep's reason for the trials it marks FAIL both read it)."""
+    if isinstance(e, Interrupted):
+        return e.signal_name, e.signum
+    if isinstance(e, KeyboardInterrupt):
+        return "SIGINT", int(signal.SIGINT)
+    return None
 
 
 # -- the one way parts check their config: number, flag, choice, known_keys ------------------

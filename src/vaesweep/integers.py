@@ -2,6 +2,10 @@
 
 ``np.asarray(x, dtype=np.int64)`` turns 0.5..1.0 into {0, 1} without a word; a metric fed
 dSprites' ``latents_values`` instead of ``latents_classes`` then scores the wrong thing.
+
+The rule is the one :func:`vaesweep.errors.number` (``integer=True``) applies to a single
+config value (a count, a seed, a size): a float is taken when it is whole (2.0 is 2), and
+anything else is refused; arrays of data raise ValueError, config values ConfigError.
 """
 from __future__ import annotations
 

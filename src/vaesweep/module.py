@@ -11,7 +11,7 @@ from typing import Any, Mapping
 import lightning as L
 import torch
 
-from vaesweep.contract import ACTIVE_THRESHOLD, kl_per_dim
+from vaesweep.contract import ACTIVE_THRESHOLD, OPTIM_DEFAULTS, kl_per_dim
 from vaesweep.kl import LossTerms, build_weighting
 from vaesweep.likelihood import build_head
 from vaesweep.nn import LATENT_DIM, build_model
@@ -58,7 +58,8 @@ class VAEModule(L.LightningModule):
         #: the KL weighting: called on (distortion per element, KL per dim) it returns the whole
         #: loss with its terms (:class:`~vaesweep.kl.loss.LossTerms`), distortion included
         self.loss_terms = build_weighting(cfg["kl"], self.n_elements, self.latent_dim, max_steps)
-        self.optim_cfg = dict(cfg.get("optim") or {"name": "adam", "lr": 1e-3})
+        # the keys a config leaves out (all of them when it has no optim) at their one default
+        self.optim_cfg = {**OPTIM_DEFAULTS, **dict(cfg.get("optim") or {})}
         self._val_mu: list[torch.Tensor] = []
         self._val_kl: list[torch.Tensor] = []
         self._beta_trace: list[tuple[int, float]] = []

@@ -5,7 +5,9 @@ A new part is one Python file in its package (``vaesweep/likelihood/``, ``vaeswe
 ``@REGISTRY.register("name")``, plus optionally one YAML preset in ``conf/<group>/``. Every
 module of the package is imported by :func:`import_submodules` (from the package's
 ``__init__``, and again on a lookup miss), so there is no import line to forget. An unknown
-name is a :class:`ConfigError` that lists the registered ones.
+name is a :class:`ConfigError` that lists the registered ones. The part's keys, with their
+defaults and ranges, are a dataclass beside it (:mod:`vaesweep.schema`), which
+:mod:`vaesweep.parts` finds through the registry: no line to add there either.
 """
 from __future__ import annotations
 

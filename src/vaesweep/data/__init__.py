@@ -1,7 +1,9 @@
 """Datasets (``data=``) and the LightningDataModule.
 
-A dataset is one builder registered with ``@register_dataset("name")`` that turns the ``data``
-config node into an :class:`ImageSet`; :class:`VAEDataModule` splits it and serves batches.
+A dataset is one builder registered with ``@register_dataset("name", Config)`` that turns the
+``data`` config node into an :class:`ImageSet` (``Config``: its keys, a
+:class:`~vaesweep.data.base.DataConfig` dataclass); :class:`VAEDataModule` splits it and
+serves batches.
 ``VAEDataModule`` is imported on first use, so that code needing only images (metrics,
 notebooks) does not pay for importing Lightning.
 """

@@ -11,15 +11,17 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from vaesweep.errors import ConfigError
+from vaesweep.errors import ConfigError, number
 from vaesweep.integers import as_integers
 from vaesweep.registry import Registry
+from vaesweep.schema import PartConfig, boolean, config_from_keys, free, num, whole
 
 log = logging.getLogger(__name__)
 
@@ -35,31 +37,64 @@ CODECS = ("uint8", "bits", "float32")
 Renderer = Callable[[np.ndarray], torch.Tensor]
 
 
-#: the ``data`` keys every dataset has, with their defaults (a dataset's own replace them):
-#: root: folder (null: $VAESWEEP_DATA, else ~/.cache/vaesweep); subset: number of images
-#: (null: all); seed: the subset and the train/val/test split; batch_size: train images per
-#: step; val_fraction, test_fraction: of the images (test: of those besides an official test set)
-DATA_KEYS: dict[str, Any] = {"root": None, "subset": None, "seed": 0, "batch_size": 64,
-                             "val_fraction": 0.05, "test_fraction": 0.05}
+@dataclass
+class DataConfig(PartConfig):
+    """The ``data`` keys every dataset has (a dataset's Config subclasses it).
+
+    root: folder (null: $VAESWEEP_DATA, else ~/.cache/vaesweep); subset: number of images
+    (null: all; at most the dataset's size, checked when it is built); seed: the subset and
+    the train/val/test split; batch_size: train images per step; val_fraction, test_fraction:
+    of the images (test: of those besides an official test set), together below 1. Accepted
+    when given (``+data.<key>=...``): eval_batch_size (null: batch_size), official_test
+    (true: the dataset's own test set when it has one)."""
+
+    root: Any = free(None)
+    subset: int | None = whole(None, 1, optional=True)
+    seed: int = whole(0, 0)
+    batch_size: int = whole(64, 1)
+    val_fraction: float = num(0.05, 0.0, 1.0, hi_open=True)
+    test_fraction: float = num(0.05, 0.0, 1.0, hi_open=True)
+    eval_batch_size: int | None = whole(None, 1, optional=True, extra=True)
+    official_test: bool = boolean(True, extra=True)
+
+    def check(self, prefix: str) -> None:
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ConfigError(f"{prefix}.val_fraction", self.val_fraction,
+                              f"at most {1.0 - self.test_fraction:g} with "
+                              f"{prefix}.test_fraction={self.test_fraction:g}")
 
 
-def register_dataset(name: str, **defaults: Any) -> Callable:
-    """Decorator: ``@register_dataset("mnist", download=False)`` on a ``builder(cfg) -> ImageSet``.
+#: the defaults of the ``data`` keys every dataset has (:class:`DataConfig`)
+DATA_KEYS: dict[str, Any] = DataConfig.defaults()
 
-    ``defaults`` are the dataset's own keys and those of :data:`DATA_KEYS` it sets otherwise;
-    the builder's ``keys`` becomes their union, the schema of its ``data`` config node."""
+
+def register_dataset(name: str, config: type[DataConfig] = DataConfig, **defaults: Any) -> Callable:
+    """Decorator: ``@register_dataset("mnist", DownloadConfig)`` on a ``builder(cfg) -> ImageSet``.
+
+    ``config`` (a :class:`DataConfig` dataclass) declares the dataset's keys with their
+    defaults and ranges; ``defaults`` set other defaults for some of them (``val_fraction=0.1``;
+    a key it does not declare is accepted unchecked). The builder's ``Config`` is the result,
+    and ``keys`` its defaults, the schema of its ``data`` config node."""
     registered = DATASETS.register(name)
 
     def deco(builder: Callable) -> Callable:
-        builder.keys = {**DATA_KEYS, **defaults}
+        builder.Config = (config_from_keys(defaults, config, f"{name}_config") if defaults
+                          else config)
+        builder.keys = builder.Config.defaults()
         return registered(builder)
 
     return deco
 
 
+def data_config(name: Any) -> type[DataConfig]:
+    """The typed config of dataset ``name`` (:class:`DataConfig` when it has no name).
+    Raises ConfigError (``data.name``) for an unregistered name."""
+    return DataConfig if name is None else DATASETS.get(name).Config
+
+
 def dataset_defaults(name: Any) -> dict[str, Any]:
     """The defaults of dataset ``name``'s keys (:data:`DATA_KEYS` when it has no name)."""
-    return dict(DATA_KEYS) if name is None else dict(DATASETS.get(name).keys)
+    return data_config(name).defaults()
 
 
 def _bit_table() -> torch.Tensor:
@@ -273,6 +308,14 @@ def cfg_get(cfg: Mapping, key: str, default: Any = None) -> Any:
     return default if value is None else value
 
 
+def check_data(cfg: Mapping, config: type[DataConfig]) -> Any:
+    """The ``data`` node (dict or DictConfig) checked against ``config``, a null value
+    standing for the default as in :func:`cfg_get` (``root`` is the builder's to read: a
+    missing one is reported there). Returns the checked config; raises ConfigError."""
+    given = {k: cfg_get(cfg, k) for k in config.key_names() if k != "root"}
+    return config.validate({k: v for k, v in given.items() if v is not None}, "data")
+
+
 def data_root(cfg: Mapping) -> Path:
     """``data.root``, else ``$VAESWEEP_DATA``, else ~/.cache/vaesweep; ``~`` expanded."""
     root = cfg_get(cfg, "root") or os.environ.get("VAESWEEP_DATA") or DEFAULT_ROOT
@@ -280,12 +323,12 @@ def data_root(cfg: Mapping) -> Path:
 
 
 def subset_size(cfg: Mapping, n: int) -> int | None:
-    """``data.subset`` validated: None (whole set) or an int in 1..n."""
+    """``data.subset`` validated: None (whole set, also when it is ``n``) or a whole number in
+    1..n (2.0 is 2). Raises ConfigError naming ``data.subset``."""
     subset = cfg_get(cfg, "subset")
     if subset is None:
         return None
-    if isinstance(subset, bool) or not isinstance(subset, (int, np.integer)) or not 1 <= subset <= n:
-        raise ConfigError("data.subset", subset, f"null or an integer in 1..{n}")
+    subset = number("data.subset", subset, 1, n, integer=True)
     return None if subset == n else int(subset)
 
 
@@ -300,10 +343,8 @@ def subset_indices(n: int, size: int, seed: int) -> np.ndarray:
 
 
 def data_seed(cfg: Mapping) -> int:
-    seed = cfg_get(cfg, "seed", DATA_KEYS["seed"])
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ConfigError("data.seed", seed, "a non-negative integer")
-    return int(seed)
+    """``data.seed``: a whole number >= 0 (:class:`DataConfig`); raises ConfigError."""
+    return int(DataConfig.validate({"seed": cfg_get(cfg, "seed", DATA_KEYS["seed"])}, "data").seed)
 
 
 def maybe_subset(imageset: ImageSet, cfg: Mapping) -> ImageSet:
@@ -315,10 +356,13 @@ def maybe_subset(imageset: ImageSet, cfg: Mapping) -> ImageSet:
 
 
 def build_imageset(cfg: Mapping) -> ImageSet:
-    """Build the ImageSet named by ``data.name`` from the ``data`` config node."""
+    """Build the ImageSet named by ``data.name`` from the ``data`` config node, checked
+    against the dataset's dataclass first. Raises ConfigError naming the bad key."""
     name = cfg_get(cfg, "name")
     if name is None:
         raise ConfigError("data.name", None, sorted(DATASETS))
-    imageset = DATASETS.get(name)(cfg)
+    builder = DATASETS.get(name)
+    check_data(cfg, builder.Config)  # its keys' types and ranges, as after composition
+    imageset = builder(cfg)
     log.info("data: %r", imageset)
     return imageset

@@ -25,13 +25,16 @@ import tempfile
 import zipfile
 import zlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from vaesweep.data.base import (
+    DataConfig,
     ImageSet,
     cfg_get,
     data_root,
@@ -41,6 +44,7 @@ from vaesweep.data.base import (
     subset_size,
 )
 from vaesweep.errors import DataError
+from vaesweep.schema import boolean, free
 
 log = logging.getLogger(__name__)
 
@@ -268,7 +272,16 @@ def _imageset(name: str, images: np.ndarray, codec: str, factors: np.ndarray, re
 DIRECT_RENDER_MAX = 20_000
 
 
-@register_dataset("dsprites")
+@dataclass
+class DSpritesConfig(DataConfig):
+    """Given with ``+data.<key>=``: cache (write the generated full set to data.root for the
+    next run), progress (a progress bar while generating)."""
+
+    cache: bool = boolean(True, extra=True)
+    progress: bool = boolean(True, extra=True)
+
+
+@register_dataset("dsprites", DSpritesConfig)
 def build_dsprites(cfg: Mapping) -> ImageSet:
     """Procedural dSprites. Keys: root, cache (true), subset (null), seed (0), progress (true)."""
     size = subset_size(cfg, N_IMAGES)
@@ -386,8 +399,16 @@ class _LookupRenderer:
         return self.images.batch(self.rows[pos])
 
 
-# root "???": required (the folder holding the .npz); Hydra refuses a run that leaves it unset
-@register_dataset("dsprites_npz", root="???")
+@dataclass
+class NpzConfig(DataConfig):
+    """root "???": required (the folder holding the .npz, or the file); Hydra refuses a run
+    that leaves it unset. filename (given with ``+data.filename=``): the file in root."""
+
+    root: Any = free("???")
+    filename: str | None = free(None, extra=True)
+
+
+@register_dataset("dsprites_npz", NpzConfig)
 def build_dsprites_npz(cfg: Mapping) -> ImageSet:
     """The published dSprites .npz. Keys: root (dir or .npz path), filename, subset, seed."""
     path = _npz_path(cfg)

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
-from vaesweep.data.base import DATASETS, ImageSet, build_imageset, cfg_get, data_seed, dataset_defaults
-from vaesweep.errors import ConfigError, number
+from vaesweep.data.base import DATASETS, ImageSet, build_imageset, cfg_get, check_data, data_config
+from vaesweep.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -137,19 +137,6 @@ def split_indices(
     return np.sort(rest[n_val:]), np.sort(rest[:n_val]), test
 
 
-def _fraction(cfg: Mapping, key: str, default: float) -> float:
-    return number(f"data.{key}", cfg_get(cfg, key, default), 0.0, 1.0, hi_open=True)
-
-
-def _positive_int(cfg: Mapping, key: str, default: int | None) -> int | None:
-    value = cfg_get(cfg, key, default)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ConfigError(f"data.{key}", value, "a positive integer")
-    return int(value)
-
-
 class VAEDataModule(L.LightningDataModule):
     """Train/val/test loaders of image batches over one ImageSet held in memory.
 
@@ -170,21 +157,18 @@ class VAEDataModule(L.LightningDataModule):
     def __init__(self, cfg: Mapping, imageset: ImageSet | None = None) -> None:
         super().__init__()
         self.cfg = cfg
-        # defaults of the keys a partial config leaves out: the dataset's (register_dataset);
-        # an ImageSet handed in may be of no registered dataset: then the common ones
+        # the checked keys, with the dataset's defaults for those a partial config leaves out
+        # (register_dataset); an ImageSet handed in may be of no registered dataset: then
+        # the common ones
         name = cfg_get(cfg, "name")
-        defaults = dataset_defaults(None if imageset is not None and name not in DATASETS else name)
-        self.batch_size = _positive_int(cfg, "batch_size", defaults["batch_size"])
-        self.eval_batch_size = _positive_int(cfg, "eval_batch_size", None) or self.batch_size
-        val_fraction = _fraction(cfg, "val_fraction", defaults["val_fraction"])
-        test_fraction = _fraction(cfg, "test_fraction", defaults["test_fraction"])
-        if val_fraction + test_fraction >= 1.0:
-            raise ConfigError(
-                "data.val_fraction", val_fraction, f"at most {1.0 - test_fraction:g} with data.test_fraction={test_fraction:g}"
-            )
-        self.seed = data_seed(cfg)
+        config = data_config(None if imageset is not None and name not in DATASETS else name)
+        checked = check_data(cfg, config)
+        self.batch_size = checked.batch_size
+        self.eval_batch_size = checked.eval_batch_size or self.batch_size
+        val_fraction, test_fraction = checked.val_fraction, checked.test_fraction
+        self.seed = checked.seed
         self.imageset = imageset if imageset is not None else cached_imageset(cfg)
-        official = self.imageset.official_test if bool(cfg_get(cfg, "official_test", True)) else None
+        official = self.imageset.official_test if checked.official_test else None
         self.train_idx, self.val_idx, self.test_idx = split_indices(
             len(self.imageset), val_fraction, test_fraction, self.seed, official
         )

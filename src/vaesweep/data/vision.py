@@ -14,13 +14,22 @@ import logging
 import struct
 import zlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from vaesweep.data.base import ImageSet, cfg_get, data_root, maybe_subset, register_dataset
+from vaesweep.data.base import DataConfig, ImageSet, cfg_get, data_root, maybe_subset, register_dataset
 from vaesweep.errors import DataError
+from vaesweep.schema import boolean
+
+
+@dataclass
+class DownloadConfig(DataConfig):
+    """download: fetch the files into data.root when they are not there (torchvision)."""
+
+    download: bool = boolean(False)
 
 log = logging.getLogger(__name__)
 
@@ -168,14 +177,14 @@ def _mnist_like(cfg: Mapping, name: str, tv_class: str, system_dirs: tuple[Path,
     return maybe_subset(imageset, cfg)
 
 
-@register_dataset("mnist", download=False)
+@register_dataset("mnist", DownloadConfig)
 def build_mnist(cfg: Mapping) -> ImageSet:
     """MNIST from ``<root>/MNIST/raw/`` or ``<root>`` (70,000 images, the last 10,000 the
     official test set; IDX files plain or ``.gz``). Keys: root, download (false), subset, seed."""
     return _mnist_like(cfg, "mnist", "MNIST")
 
 
-@register_dataset("fashion_mnist", download=False)
+@register_dataset("fashion_mnist", DownloadConfig)
 def build_fashion_mnist(cfg: Mapping) -> ImageSet:
     """Fashion-MNIST (Xiao et al. 2017: 70,000 grey 28x28 images, 10 classes, the last 10,000
     the official test set) from ``<root>/FashionMNIST/raw/``, ``<root>``, or the gzipped IDX
@@ -203,7 +212,7 @@ def build_mnist_5k(cfg: Mapping) -> ImageSet:
     return maybe_subset(imageset, cfg)
 
 
-@register_dataset("cifar10", download=False)
+@register_dataset("cifar10", DownloadConfig)
 def build_cifar10(cfg: Mapping) -> ImageSet:
     """CIFAR-10 from ``<root>/cifar-10-batches-py/`` (60,000 3x32x32 images, the last 10,000 the test set).
 

@@ -1,7 +1,8 @@
-"""The checks that belong to a job (each part checks its own keys when it is built): the
-resolved config, the job's own keys, the Trainer's numbers, the objectives a sweep reads, and
-:func:`prepare`, everything a job checks before it trains. Each raises vaesweep's
-:class:`~vaesweep.errors.ConfigError` naming the key at the first bad value."""
+"""The checks that belong to a job: the resolved config, the job's own keys, the Trainer's
+numbers, every part's typed config (:func:`vaesweep.parts.check_parts`, before any data are
+loaded), the objectives a sweep reads, and :func:`prepare`, everything a job checks before it
+trains. Each raises vaesweep's :class:`~vaesweep.errors.ConfigError` naming the key at the
+first bad value."""
 from __future__ import annotations
 
 import inspect
@@ -13,13 +14,15 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 import vaesweep.resolvers  # noqa: F401  (resolvers the configs use)
-from vaesweep.contract import METRIC_NAMES, TEST_METRICS, absolute_sqlite, is_metric_name
+from vaesweep.contract import (METRIC_NAMES, OPTIM_DEFAULTS, TEST_METRICS, absolute_sqlite,
+                               is_metric_name)
 from vaesweep.data import VAEDataModule
 from vaesweep.errors import ConfigError, number
 from vaesweep.job.hardware import FAST_PATH, check_fast_path
 from vaesweep.job.resume import check_checkpoint, resolve_ckpt
 from vaesweep.metrics.evaluate import FACTOR_METRICS, LABEL_METRICS, resolve_settings
 from vaesweep.module import OPTIMIZERS, VAEModule
+from vaesweep.parts import check_parts
 from vaesweep.sweep.progress import check_progress
 from vaesweep.tracking.run import check_store
 
@@ -40,7 +43,9 @@ def resolve(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
 def check_job(c: Mapping[str, Any]) -> None:
     """The job's own keys of the resolved config ``c``: seed, objective, trainer arguments and
     fast path, tracking, progress, optimiser, batch size, tracking URI, ``study.prune_on`` and
-    ``metrics``. Raises ConfigError naming the first bad key, its value and what is allowed."""
+    ``metrics``, then every part's node (data, model, likelihood, kl, kl.schedule) against
+    its typed config; all without loading data. Raises ConfigError naming the first bad key,
+    its value and what is allowed."""
     number("seed", c.get("seed", 0), 0, 2**32 - 1, integer=True)
     objective = c.get("objective") or []
     if isinstance(objective, str):
@@ -59,8 +64,7 @@ def check_job(c: Mapping[str, Any]) -> None:
     optim = c.get("optim") or {}
     if optim.get("name") not in OPTIMIZERS:
         raise ConfigError("optim.name", optim.get("name"), sorted(OPTIMIZERS))
-    number("optim.lr", optim.get("lr", 1e-3), 0.0, lo_open=True)
-    number("data.batch_size", c["data"].get("batch_size", 64), 1, integer=True)
+    number("optim.lr", optim.get("lr", OPTIM_DEFAULTS["lr"]), 0.0, lo_open=True)
     uri = str(c["tracking"]["uri"])
     if "://" not in uri and not uri.startswith("databricks"):
         raise ConfigError("tracking.uri", uri, "an MLflow tracking URI such as sqlite:///mlflow.db, "
@@ -70,6 +74,7 @@ def check_job(c: Mapping[str, Any]) -> None:
         raise ConfigError("study.prune_on", prune_on, "null or a val/* metric name (reported at "
                           "each validation): " + ", ".join(VAL_NAMES) + ", val/kl_dim_<j>")
     resolve_settings(c.get("metrics"))  # checked now, not after training
+    check_parts(c)  # each part's dataclass: a bad value fails before the data are loaded
 
 
 #: the metrics a job reports at each validation (what a pruner can read)

@@ -15,30 +15,36 @@ the course of training") of trainer.max_steps.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
 
-from vaesweep.errors import ConfigError, number
+from vaesweep.errors import ConfigError
 from vaesweep.kl.loss import LossTerms, assemble, beta_eff_from
-from vaesweep.kl.weighting import WEIGHTINGS, KLWeighting
+from vaesweep.kl.weighting import WEIGHTINGS, KLWeighting, WeightingConfig
+from vaesweep.schema import num, whole
 
 
 @WEIGHTINGS.register("capacity")
 class Capacity(KLWeighting):
     """γ·|R − C(t)|; its state is the step and the sign of R − C of the last training batch."""
 
-    keys = {"gamma": 1000.0, "c_max": 25.0, "c_steps": None, "c_fraction": 1.0}
+    @dataclass
+    class Config(WeightingConfig):
+        gamma: float = num(1000.0, 0.0)
+        c_max: float = num(25.0, 0.0)
+        c_steps: int | None = whole(None, 0, optional=True)
+        c_fraction: float = num(1.0, 0.0)
 
     def __init__(self, cfg: Mapping[str, Any], n_elements: int, n_latents: int,
                  max_steps: int | None = None) -> None:
         super().__init__(cfg, n_elements, n_latents, max_steps)
-        self.gamma = number("kl.gamma", self.cfg["gamma"], 0.0)
-        self.c_max = number("kl.c_max", self.cfg["c_max"], 0.0)
-        if self.cfg["c_steps"] is not None:
-            self.c_steps = int(number("kl.c_steps", self.cfg["c_steps"], 0, integer=True))
+        self.gamma, self.c_max = self.config.gamma, self.config.c_max
+        if self.config.c_steps is not None:
+            self.c_steps = int(self.config.c_steps)
         else:
-            fraction = number("kl.c_fraction", self.cfg["c_fraction"], 0.0)
+            fraction = self.config.c_fraction
             if self.max_steps is None:
                 raise ConfigError("kl.c_steps", None, "a number of optimiser steps",
                                   "kl.c_fraction is a fraction of trainer.max_steps, which is "

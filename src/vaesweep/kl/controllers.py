@@ -12,11 +12,13 @@ beta_eff is the weight itself; ``mean``: weight·N/M); GECO's follows from its c
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Mapping
 
-from vaesweep.errors import ConfigError, number
+from vaesweep.errors import number
 from vaesweep.kl.loss import LossTerms, beta_eff_from
-from vaesweep.kl.weighting import WEIGHTINGS, KLWeighting
+from vaesweep.kl.weighting import WEIGHTINGS, KLWeighting, WeightingConfig
+from vaesweep.schema import num, positive, whole
 
 
 class Controller(KLWeighting):
@@ -82,27 +84,35 @@ class GECO(Controller):
     λ = N/beta_eff_init instead of ``lambda_init``.
     """
 
-    keys = {"kappa": 0.01, "alpha": 0.99, "nu": 0.1, "lambda_init": 1.0, "beta_eff_init": None,
-            "lambda_min": 1e-3, "lambda_max": 1e5}
+    @dataclass
+    class Config(WeightingConfig):
+        kappa: float = num(0.01)
+        alpha: float = num(0.99, 0.0, 1.0, hi_open=True)
+        nu: float = positive(0.1)
+        lambda_init: float = num(1.0)
+        # its range, [N/lambda_max, N/lambda_min], needs N: checked when the weighting is built
+        beta_eff_init: float | None = num(None, optional=True)
+        lambda_min: float = positive(1e-3)
+        lambda_max: float = num(1e5)
+
+        def check(self, prefix: str) -> None:
+            number(f"{prefix}.lambda_max", self.lambda_max, self.lambda_min)
+            if self.beta_eff_init is None:
+                number(f"{prefix}.lambda_init", self.lambda_init, self.lambda_min, self.lambda_max)
 
     def __init__(self, cfg: Mapping[str, Any], n_elements: int, n_latents: int,
                  max_steps: int | None = None) -> None:
         super().__init__(cfg, n_elements, n_latents, max_steps)
-        self.kappa = number("kl.kappa", self.cfg["kappa"])
-        self.alpha = number("kl.alpha", self.cfg["alpha"], 0.0, 1.0)
-        if self.alpha == 1.0:
-            raise ConfigError("kl.alpha", self.cfg["alpha"], "a number in [0, 1)")
-        self.nu = number("kl.nu", self.cfg["nu"], 0.0, lo_open=True)
-        self.lambda_min = number("kl.lambda_min", self.cfg["lambda_min"], 0.0, lo_open=True)
-        self.lambda_max = number("kl.lambda_max", self.cfg["lambda_max"], self.lambda_min)
-        if self.cfg["beta_eff_init"] is not None:
+        c = self.config
+        self.kappa, self.alpha, self.nu = c.kappa, c.alpha, c.nu
+        self.lambda_min, self.lambda_max = c.lambda_min, c.lambda_max
+        if c.beta_eff_init is not None:
             n = self.n_elements
-            b0 = number("kl.beta_eff_init", self.cfg["beta_eff_init"], n / self.lambda_max,
+            b0 = number("kl.beta_eff_init", c.beta_eff_init, n / self.lambda_max,
                         n / self.lambda_min)
             self.lam = n / b0
         else:
-            self.lam = number("kl.lambda_init", self.cfg["lambda_init"], self.lambda_min,
-                              self.lambda_max)
+            self.lam = c.lambda_init
         self.c_ma: float | None = None
 
     def measure(self, terms: LossTerms) -> float:
@@ -142,19 +152,25 @@ class ControlVAE(Controller):
     freezing I whenever β is out of range can lock it there). β starts at β_min.
     """
 
-    keys = {"target": 18.0, "target_start": 0.5, "target_steps": 0, "kp": 0.01, "ki": 0.0001,
-            "beta_min": 0.0, "beta_max": 1000.0}
+    @dataclass
+    class Config(WeightingConfig):
+        target: float = num(18.0, 0.0)
+        target_start: float = num(0.5, 0.0)
+        target_steps: int = whole(0, 0)
+        kp: float = num(0.01, 0.0)
+        ki: float = num(0.0001, 0.0)
+        beta_min: float = num(0.0, 0.0)
+        beta_max: float = num(1000.0)
+
+        def check(self, prefix: str) -> None:
+            number(f"{prefix}.beta_max", self.beta_max, self.beta_min)
 
     def __init__(self, cfg: Mapping[str, Any], n_elements: int, n_latents: int,
                  max_steps: int | None = None) -> None:
         super().__init__(cfg, n_elements, n_latents, max_steps)
-        self.target = number("kl.target", self.cfg["target"], 0.0)
-        self.target_start = number("kl.target_start", self.cfg["target_start"], 0.0)
-        self.target_steps = number("kl.target_steps", self.cfg["target_steps"], 0, integer=True)
-        self.kp = number("kl.kp", self.cfg["kp"], 0.0)
-        self.ki = number("kl.ki", self.cfg["ki"], 0.0)
-        self.beta_min = number("kl.beta_min", self.cfg["beta_min"], 0.0)
-        self.beta_max = number("kl.beta_max", self.cfg["beta_max"], self.beta_min)
+        c = self.config
+        self.target, self.target_start, self.target_steps = c.target, c.target_start, c.target_steps
+        self.kp, self.ki, self.beta_min, self.beta_max = c.kp, c.ki, c.beta_min, c.beta_max
         self.integral = 0.0
         self.beta = self.raw_beta = self.beta_min
 

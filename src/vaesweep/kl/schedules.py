@@ -13,35 +13,37 @@ trained at its target weight (the job warns and tags the run).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Mapping
 
-from vaesweep.errors import ConfigError, choice, known_keys, number
+from vaesweep.errors import ConfigError
 from vaesweep.registry import Registry
+from vaesweep.schema import Configured, PartConfig, num, one_of, positive, whole
 
 SCHEDULES = Registry("schedule", "kl.schedule.name", package="vaesweep.kl")
 
 
-class Schedule:
-    """Base class: ``keys`` are the accepted config keys with defaults."""
+class Schedule(Configured):
+    """Base class: its ``Config`` dataclass declares the accepted config keys with their
+    defaults and ranges (:mod:`vaesweep.schema`); ``config`` is the checked one. Raises
+    ConfigError naming ``kl.schedule.<key>``."""
 
-    keys: Mapping[str, Any] = {}
+    Config = PartConfig
 
     def __init__(self, max_steps: int | None = None, **params: Any) -> None:
-        known_keys("kl.schedule", params, self.keys, "this schedule")
+        self.config: Any = self.Config.validate(params, "kl.schedule", "this schedule")
         self.params = {**self.keys, **params}
         #: trainer.max_steps (None when training by epochs), the unit of the fractions
         self.max_steps = int(max_steps) if max_steps is not None and int(max_steps) > 0 else None
-
-    def number(self, key: str, lo: float = 0.0, hi: float = math.inf, **kw: Any) -> float:
-        return number(f"kl.schedule.{key}", self.params[key], lo, hi, **kw)
 
     def length(self, steps_key: str, fraction_key: str, lo: int = 0) -> int:
         """A length in optimiser steps: ``steps_key`` when set, else ``fraction_key`` times
         trainer.max_steps (rounded, at least ``lo``). Raises ConfigError when neither can be
         had (a fraction of a run trained by epochs)."""
-        if self.params[steps_key] is not None:
-            return int(self.number(steps_key, lo, integer=True))
-        fraction = self.number(fraction_key, 0.0)
+        steps = getattr(self.config, steps_key)
+        if steps is not None:
+            return int(steps)
+        fraction = getattr(self.config, fraction_key)
         if self.max_steps is None:
             raise ConfigError(f"kl.schedule.{steps_key}", None,
                               "a number of optimiser steps",
@@ -68,11 +70,15 @@ class Linear(Schedule):
     """Linear warm-up from ``start`` to 1 over ``steps`` optimiser steps (default: half of
     trainer.max_steps, ``fraction`` 0.5), then 1."""
 
-    keys = {"start": 0.0, "steps": None, "fraction": 0.5}
+    @dataclass
+    class Config(PartConfig):
+        start: float = num(0.0, 0.0, 1.0)
+        steps: int | None = whole(None, 0, optional=True)
+        fraction: float = num(0.5, 0.0)
 
     def __init__(self, max_steps: int | None = None, **params: Any) -> None:
         super().__init__(max_steps, **params)
-        self.start = self.number("start", 0.0, 1.0)
+        self.start = self.config.start
         self.steps = self.length("steps", "fraction")
 
     def __call__(self, step: int) -> float:
@@ -110,20 +116,25 @@ class Sigmoid(Schedule):
     ``k`` is ``k_run``/trainer.max_steps (10 per run: 0.08 at step 0, 0.99 at 71% of the
     run); absolute ``midpoint`` (steps) and ``k`` (per step) win when set."""
 
-    keys = {"k": None, "k_run": 10.0, "midpoint": None, "midpoint_fraction": 0.25}
+    @dataclass
+    class Config(PartConfig):
+        k: float | None = positive(None, optional=True)
+        k_run: float = positive(10.0)
+        midpoint: float | None = num(None, 0.0, optional=True)
+        midpoint_fraction: float = num(0.25, 0.0)
 
     def __init__(self, max_steps: int | None = None, **params: Any) -> None:
         super().__init__(max_steps, **params)
-        if self.params["k"] is not None:
-            self.k = self.number("k", 0.0, lo_open=True)
+        if self.config.k is not None:
+            self.k = self.config.k
         else:
-            k_run = self.number("k_run", 0.0, lo_open=True)
+            k_run = self.config.k_run
             if self.max_steps is None:
                 raise ConfigError("kl.schedule.k", None, "a slope per optimiser step",
                                   "kl.schedule.k_run is per run of trainer.max_steps, "
                                   "which is not set (training by epochs)")
             self.k = k_run / self.max_steps
-        self.midpoint = (self.number("midpoint", 0.0) if self.params["midpoint"] is not None
+        self.midpoint = (self.config.midpoint if self.config.midpoint is not None
                          else self.length("midpoint", "midpoint_fraction"))
 
     def __call__(self, step: int) -> float:
@@ -141,16 +152,21 @@ class Cyclical(Schedule):
     holds 1. After ``total_steps``: 1. ``total_steps`` defaults to ``fraction`` (1.0) of
     trainer.max_steps: the paper's cycles span the whole training."""
 
-    keys = {"n_cycles": 4, "ratio": 0.5, "total_steps": None, "fraction": 1.0,
-            "shape": "linear", "start": 0.0}
+    @dataclass
+    class Config(PartConfig):
+        n_cycles: int = whole(4, 1)
+        ratio: float = num(0.5, 0.0, 1.0, lo_open=True)
+        total_steps: int | None = whole(None, 1, optional=True)
+        fraction: float = num(1.0, 0.0)
+        shape: str = one_of("linear", sorted(RAMPS))
+        start: float = num(0.0, 0.0, 1.0)
 
     def __init__(self, max_steps: int | None = None, **params: Any) -> None:
         super().__init__(max_steps, **params)
-        self.n_cycles = self.number("n_cycles", 1, integer=True)
+        self.n_cycles = self.config.n_cycles
         self.total_steps = self.length("total_steps", "fraction", lo=1)
-        self.ratio = self.number("ratio", 0.0, 1.0, lo_open=True)
-        self.start = self.number("start", 0.0, 1.0)
-        self.ramp = RAMPS[choice("kl.schedule.shape", self.params["shape"], sorted(RAMPS))]
+        self.ratio, self.start = self.config.ratio, self.config.start
+        self.ramp = RAMPS[self.config.shape]
 
     def phase(self, step: int) -> float:
         """Position in the current cycle, in [0, 1): Fu et al.'s τ = mod(t−1, ⌈T/M⌉)/(T/M)
@@ -175,11 +191,11 @@ class Cosine(Schedule):
     """Warm-up from ``start`` to 1 over ``steps`` optimiser steps (default: half of
     trainer.max_steps, ``fraction`` 0.5) along a half cosine (flat at both ends), then 1."""
 
-    keys = {"start": 0.0, "steps": None, "fraction": 0.5}
+    Config = Linear.Config  # the same keys: start, steps, fraction
 
     def __init__(self, max_steps: int | None = None, **params: Any) -> None:
         super().__init__(max_steps, **params)
-        self.start = self.number("start", 0.0, 1.0)
+        self.start = self.config.start
         self.steps = self.length("steps", "fraction")
 
     def end(self) -> int:

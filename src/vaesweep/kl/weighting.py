@@ -5,49 +5,57 @@ restore it and a resumed run continues with exactly the weight it had.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
 from torch import nn
 
-from vaesweep.errors import choice, known_keys, number
 from vaesweep.kl.loss import REDUCTIONS, LossTerms, assemble, beta_eff_from, gradient_scale
 from vaesweep.kl.schedules import build_schedule
 #: MLflow tag of a run that ended before its KL schedule did (its text: :meth:`KLWeighting.unfinished`)
 from vaesweep.contract import TAG_SCHEDULE_UNFINISHED as TAG_UNFINISHED  # noqa: F401 (re-exported)
 from vaesweep.registry import Registry
+from vaesweep.schema import Configured, PartConfig, num, one_of
 
 WEIGHTINGS = Registry("KL weighting", "kl.name", package="vaesweep.kl")
 
 
-class KLWeighting(nn.Module):
-    """Base class: ``keys`` are the config keys of the weighting besides the common ones.
+@dataclass
+class WeightingConfig(PartConfig):
+    """The keys every weighting has. reduction: sum or mean (DESIGN §1); free_bits: floor in
+    nats on each latent's batch-mean KL (Kingma et al. 2016), 0 = off. The ``schedule`` key
+    is the kl/schedule group's node, checked as the schedule's."""
+
+    own_first = True  # a weighting's own keys first, as the presets list them
+
+    reduction: str = one_of("sum", REDUCTIONS)
+    free_bits: float = num(0.0, 0.0)
+
+
+class KLWeighting(Configured, nn.Module):
+    """Base class: its ``Config`` dataclass (a :class:`WeightingConfig`) declares the
+    weighting's keys with their defaults and ranges (:mod:`vaesweep.schema`); ``config`` is
+    the checked one. Raises ConfigError naming ``kl.<key>``.
 
     The training loop calls ``forward`` on every batch, ``observe`` with the training terms,
     and ``advance`` once per optimiser step; validation calls ``forward`` only (frozen).
     """
 
-    #: reduction: sum or mean (DESIGN §1); free_bits: floor in nats on each latent's
-    #: batch-mean KL (Kingma et al. 2016), 0 = off; schedule: the kl/schedule group's node
-    common = {"reduction": "sum", "free_bits": 0.0, "schedule": None}
-    keys: Mapping[str, Any] = {}
+    Config = WeightingConfig
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:
-        """The ``kl`` keys of this weighting with their defaults (its own win over ``common``),
-        without ``schedule`` (the kl/schedule group composes it)."""
-        own = dict(cls.keys)  # first, as the presets list them
-        return {**own, **{k: v for k, v in cls.common.items() if k not in own and k != "schedule"}}
+        """The ``kl`` keys of this weighting with their defaults (its own first, as the
+        presets list them), without ``schedule`` (the kl/schedule group composes it)."""
+        return cls.Config.defaults()
 
     def __init__(self, cfg: Mapping[str, Any], n_elements: int, n_latents: int,
                  max_steps: int | None = None) -> None:
         super().__init__()
-        cfg = {k: v for k, v in dict(cfg).items() if k != "name"}
-        allowed = {**self.common, **self.keys}
-        known_keys("kl", cfg, allowed, "this weighting")
-        self.cfg = {**allowed, **cfg}
-        self.reduction = choice("kl.reduction", self.cfg["reduction"], REDUCTIONS)
-        self.free_bits = number("kl.free_bits", self.cfg["free_bits"], 0.0)
+        self.config: Any = self.Config.validate(cfg, "kl", "this weighting", ignore=("schedule",))
+        self.cfg = {**self.keys, "schedule": None, **{k: v for k, v in dict(cfg).items() if k != "name"}}
+        self.reduction, self.free_bits = self.config.reduction, self.config.free_bits
         #: trainer.max_steps (None when training by epochs): the unit of schedule fractions
         self.max_steps = int(max_steps) if max_steps is not None and int(max_steps) > 0 else None
         self.schedule = build_schedule(self.cfg["schedule"], self.max_steps)
@@ -112,12 +120,14 @@ class KLWeighting(nn.Module):
 class Beta(KLWeighting):
     """A weight ``beta`` on R under the chosen reduction (``mean`` makes beta_eff = beta·N/M)."""
 
-    keys = {"beta": 1.0}
+    @dataclass
+    class Config(WeightingConfig):
+        beta: float = num(1.0, 0.0)
 
     def __init__(self, cfg: Mapping[str, Any], n_elements: int, n_latents: int,
                  max_steps: int | None = None) -> None:
         super().__init__(cfg, n_elements, n_latents, max_steps)
-        self.weight = number("kl.beta", self.cfg["beta"], 0.0)
+        self.weight = self.config.beta
 
     def base_beta_eff(self) -> float:
         return beta_eff_from(self.weight, self.reduction, self.n_elements, self.n_latents, False)
@@ -127,13 +137,16 @@ class Beta(KLWeighting):
 class BetaNorm(KLWeighting):
     """Higgins et al. 2017, App. A.6: beta_norm = beta·M/N, so beta_eff = beta_norm·N/M."""
 
-    # reduction mean: the gradient scale of Higgins et al.'s normalised weight
-    keys = {"beta_norm": 0.1, "reduction": "mean"}
+    @dataclass
+    class Config(WeightingConfig):
+        beta_norm: float = num(0.1, 0.0)
+        # reduction mean: the gradient scale of Higgins et al.'s normalised weight
+        reduction: str = one_of("mean", REDUCTIONS)
 
     def __init__(self, cfg: Mapping[str, Any], n_elements: int, n_latents: int,
                  max_steps: int | None = None) -> None:
         super().__init__(cfg, n_elements, n_latents, max_steps)
-        self.weight = number("kl.beta_norm", self.cfg["beta_norm"], 0.0)
+        self.weight = self.config.beta_norm
 
     def base_beta_eff(self) -> float:
         return beta_eff_from(self.weight, self.reduction, self.n_elements, self.n_latents, True)

@@ -5,31 +5,33 @@ place that sums or averages is :func:`vaesweep.kl.loss.assemble`.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
-from vaesweep.errors import known_keys, number
 from vaesweep.registry import Registry
+from vaesweep.schema import Configured, PartConfig
 
 HEADS = Registry("likelihood head", "likelihood.name", package="vaesweep.likelihood")
 
 
-class LikelihoodHead(nn.Module):
+class LikelihoodHead(Configured, nn.Module):
     """Base class of the heads registered in :data:`HEADS`.
 
     ``shape`` is the image shape (C, H, W); ``params`` are the head's config keys besides
-    ``name``. Subclasses declare the keys they accept in ``keys`` (name -> default).
+    ``name``. Subclasses declare the keys they accept, with their defaults, choices and
+    ranges, in a ``Config`` dataclass (:mod:`vaesweep.schema`); ``config`` is the checked one.
+    Raises ConfigError naming ``likelihood.<key>`` for an unknown key or a bad value.
     """
 
-    keys: Mapping[str, Any] = {}
+    Config = PartConfig
     #: decoder output channels per image channel (2 when the decoder also predicts a scale)
     channels_per_image_channel: int = 1
 
     def __init__(self, shape: tuple[int, int, int], **params: Any) -> None:
         super().__init__()
-        known_keys("likelihood", params, self.keys, "this head")
+        self.config: Any = self.Config.validate(params, "likelihood", "this head")
         self.shape = tuple(shape)
         self.params = {**self.keys, **params}
 
@@ -55,8 +57,3 @@ class LikelihoodHead(nn.Module):
     def implied_sigma(self, beta_eff: float) -> float | None:
         """σ of a fixed-Gaussian run with beta_eff = 1 equivalent to this one (DESIGN §1)."""
         return None
-
-
-def positive(key: str, value: Any) -> float:
-    """A finite positive float, or a ConfigError naming ``key``."""
-    return number(key, value, 0.0, lo_open=True)

@@ -2,22 +2,26 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from vaesweep.likelihood.base import HEADS, LikelihoodHead, positive
+from vaesweep.likelihood.base import HEADS, LikelihoodHead
+from vaesweep.schema import PartConfig, positive
 
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 @HEADS.register("gaussian")
 class Gaussian(LikelihoodHead):
-    keys = {"sigma": 1.0}
+    @dataclass
+    class Config(PartConfig):
+        sigma: float = positive(1.0)
 
     def __init__(self, shape: tuple[int, int, int], **params: Any) -> None:
         super().__init__(shape, **params)
-        self.fixed_sigma = positive("likelihood.sigma", self.params["sigma"])
+        self.fixed_sigma = self.config.sigma
 
     def nll(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         s = self.fixed_sigma

@@ -7,14 +7,16 @@ collapse on data that a decoder can fit exactly (binary images).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vaesweep.errors import ConfigError, choice, number
-from vaesweep.likelihood.base import HEADS, LikelihoodHead, positive
+from vaesweep.errors import ConfigError
+from vaesweep.likelihood.base import HEADS, LikelihoodHead
+from vaesweep.schema import PartConfig, num, one_of, positive
 
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 SCOPES = ("scalar", "channel", "pixel")
@@ -40,16 +42,21 @@ class GaussianLearned(LikelihoodHead):
     """σ learned by gradient descent with the rest of the model; ``sigma_init`` starts the
     scalar and channel scopes; ``min_log_sigma`` is the soft floor of log σ."""
 
-    keys = {"scope": "scalar", "sigma_init": 1.0, "min_log_sigma": -6.0}
+    @dataclass
+    class Config(PartConfig):
+        scope: str = one_of("scalar", SCOPES)
+        sigma_init: float = positive(1.0)
+        min_log_sigma: float = num(-6.0, -30.0, 30.0)
+
+        def check(self, prefix: str) -> None:
+            if math.log(self.sigma_init) <= self.min_log_sigma:
+                raise ConfigError(f"{prefix}.sigma_init", self.sigma_init, "a number above "
+                                  f"exp({prefix}.min_log_sigma) = {math.exp(self.min_log_sigma):g}")
 
     def __init__(self, shape: tuple[int, int, int], **params: Any) -> None:
         super().__init__(shape, **params)
-        self.scope = choice("likelihood.scope", self.params["scope"], SCOPES)
-        self.floor = number("likelihood.min_log_sigma", self.params["min_log_sigma"], -30.0, 30.0)
-        init = math.log(positive("likelihood.sigma_init", self.params["sigma_init"]))
-        if init <= self.floor:
-            raise ConfigError("likelihood.sigma_init", self.params["sigma_init"],
-                              f"a number above exp(likelihood.min_log_sigma) = {math.exp(self.floor):g}")
+        self.scope, self.floor = self.config.scope, self.config.min_log_sigma
+        init = math.log(self.config.sigma_init)
         raw = softclip_inverse(init, self.floor)
         if self.scope == "pixel":
             self.channels_per_image_channel = 2

@@ -19,14 +19,15 @@ evaluated images as a whole).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from vaesweep.errors import flag, number
 from vaesweep.likelihood.base import HEADS, LikelihoodHead
 from vaesweep.likelihood.gaussian_learned import gaussian_nll, softclip
+from vaesweep.schema import PartConfig, boolean, num
 
 
 @HEADS.register("gaussian_optimal")
@@ -34,12 +35,14 @@ class GaussianOptimal(LikelihoodHead):
     """``detach_sigma: true`` stops the gradient through σ (the decoder then sees the
     fixed-σ gradient of this batch); Rybkin et al. keep it (false)."""
 
-    keys = {"min_log_sigma": -6.0, "detach_sigma": False}
+    @dataclass
+    class Config(PartConfig):
+        min_log_sigma: float = num(-6.0, -30.0, 30.0)
+        detach_sigma: bool = boolean(False)
 
     def __init__(self, shape: tuple[int, int, int], **params: Any) -> None:
         super().__init__(shape, **params)
-        self.floor = number("likelihood.min_log_sigma", self.params["min_log_sigma"], -30.0, 30.0)
-        self.detach_sigma = flag("likelihood.detach_sigma", self.params["detach_sigma"])
+        self.floor, self.detach_sigma = self.config.min_log_sigma, self.config.detach_sigma
         # log σ of the last batch (σ = 1 before any)
         self.register_buffer("last_log_sigma", torch.zeros(()), persistent=False)
         # log σ fixed for evaluation (NaN: not fixed, σ comes from each batch)

@@ -6,33 +6,39 @@ from below at ``min_log_scale`` (as the σ of :mod:`.gaussian_learned`).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from vaesweep.errors import ConfigError, flag, number
-from vaesweep.likelihood.base import HEADS, LikelihoodHead, positive
+from vaesweep.errors import ConfigError
+from vaesweep.likelihood.base import HEADS, LikelihoodHead
 from vaesweep.likelihood.gaussian_learned import softclip, softclip_inverse
+from vaesweep.schema import PartConfig, boolean, num, positive
 
 LOG_2 = math.log(2.0)
 
 
 @HEADS.register("laplace")
 class Laplace(LikelihoodHead):
-    keys = {"scale": 1.0, "learn_scale": False, "min_log_scale": -6.0}
+    @dataclass
+    class Config(PartConfig):
+        scale: float = positive(1.0)
+        learn_scale: bool = boolean(False)
+        min_log_scale: float = num(-6.0, -30.0, 30.0)
+
+        def check(self, prefix: str) -> None:
+            if self.learn_scale and math.log(self.scale) <= self.min_log_scale:
+                raise ConfigError(f"{prefix}.scale", self.scale, "a number above "
+                                  f"exp({prefix}.min_log_scale) = {math.exp(self.min_log_scale):g}")
 
     def __init__(self, shape: tuple[int, int, int], **params: Any) -> None:
         super().__init__(shape, **params)
-        scale = positive("likelihood.scale", self.params["scale"])
-        self.learn_scale = flag("likelihood.learn_scale", self.params["learn_scale"])
-        self.floor = number("likelihood.min_log_scale", self.params["min_log_scale"], -30.0, 30.0)
+        self.learn_scale, self.floor = self.config.learn_scale, self.config.min_log_scale
         self.raw_log_scale: nn.Parameter | None = None
-        self.fixed_log_scale = math.log(scale)
+        self.fixed_log_scale = math.log(self.config.scale)
         if self.learn_scale:
-            if self.fixed_log_scale <= self.floor:
-                raise ConfigError("likelihood.scale", scale, "a number above "
-                                  f"exp(likelihood.min_log_scale) = {math.exp(self.floor):g}")
             self.raw_log_scale = nn.Parameter(
                 torch.tensor(softclip_inverse(self.fixed_log_scale, self.floor)))
 

@@ -3,33 +3,52 @@
 A model builder takes the image shape (C, H, W), the latent size M and the number of
 decoder output channels (set by the likelihood head) and returns ``(encoder, decoder)``:
 ``encoder(x) -> (mu, logvar)`` and ``decoder(z) -> head parameters (B, out_channels, H, W)``.
+Its keyword arguments are its config keys: their typed dataclass (:func:`model_config`) is
+made from its signature, so a model is declared once, in one function.
 """
 from __future__ import annotations
 
-import inspect
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from vaesweep.errors import ConfigError, known_keys, number
+from vaesweep.errors import ConfigError
 from vaesweep.registry import Registry
+from vaesweep.schema import PartConfig, config_from_signature, whole
 
 MODELS = Registry("model", "model.name", package="vaesweep.nn")
 
 #: latents M of every model unless model.latent_dim says otherwise (10, as Burgess et al. 2018
 #: and Locatello et al. 2019)
 LATENT_DIM = 10
+#: the builders' arguments that are not config keys
+BUILT_FROM = ("shape", "latent_dim", "out_channels")
+
+
+@dataclass
+class ModelConfig(PartConfig):
+    """The key every model has: latent_dim, the number of latents M."""
+
+    latent_dim: int = whole(LATENT_DIM, 1)
+
+
+def model_config(name: str) -> type[PartConfig]:
+    """The typed config of model ``name``: :class:`ModelConfig` plus the builder's keyword
+    arguments (an ``int`` is a whole number >= 1, a sequence of ints a list of them; see
+    :func:`vaesweep.schema.config_from_signature`), or the builder's own ``Config`` when it
+    has one. Raises ConfigError (``model.name``) for an unregistered name."""
+    builder = MODELS.get(name)
+    if "Config" not in vars(builder):
+        builder.Config = config_from_signature(builder, ModelConfig, BUILT_FROM,
+                                               f"{builder.__name__}_config")
+    return builder.Config
 
 
 def model_defaults(name: str) -> dict[str, Any]:
-    """The ``model`` keys of model ``name`` with their defaults: ``latent_dim`` and the
-    builder's keyword arguments (its signature is its schema)."""
-    params = inspect.signature(MODELS.get(name)).parameters
-    return {"latent_dim": LATENT_DIM, **{
-        k: list(p.default) if isinstance(p.default, tuple) else p.default
-        for k, p in params.items()
-        if k not in ("shape", "latent_dim", "out_channels") and p.default is not p.empty}}
+    """The ``model`` keys of model ``name`` with their defaults (:func:`model_config`)."""
+    return model_config(name).defaults()
 
 
 class Encoder(nn.Module):
@@ -148,13 +167,13 @@ def mlp(shape: Sequence[int], latent_dim: int, out_channels: int,
 
 def build_model(cfg: Mapping[str, Any], shape: Sequence[int],
                 out_channels: int) -> tuple[nn.Module, nn.Module]:
-    cfg = dict(cfg)
-    name = cfg.pop("name")
-    latent_dim = number("model.latent_dim", cfg.pop("latent_dim", LATENT_DIM), 1, integer=True)
-    builder = MODELS.get(name)
-    accepted = set(inspect.signature(builder).parameters) - {"shape", "latent_dim", "out_channels"}
-    known_keys("model", cfg, accepted, f"model {name}")
-    return builder(tuple(shape), latent_dim, out_channels, **cfg)
+    """``(encoder, decoder)`` of the model named by ``cfg`` (the ``model`` node, checked by
+    :func:`model_config`) for images of ``shape`` (C, H, W) and a decoder giving
+    ``out_channels`` channels. Raises ConfigError naming ``model.<key>``."""
+    name = cfg["name"]
+    config = model_config(name).validate(cfg, "model", f"model {name}")
+    kwargs = {k: getattr(config, k) for k in model_config(name).key_names() if k != "latent_dim"}
+    return MODELS.get(name)(tuple(shape), config.latent_dim, out_channels, **kwargs)
 
 
 # a model in a new file of this package registers itself on import: no line to add here

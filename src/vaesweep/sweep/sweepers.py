@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vaesweep.cli import fail
 from vaesweep.contract import ATTR_FAIL_REASON, ATTR_PRUNED_REASON, TAG_HOST, TAG_PID, TAG_PID_START
-from vaesweep.errors import ConfigError, VaesweepError, number
+from vaesweep.errors import ConfigError, VaesweepError, number, stop_signal
 from vaesweep.job.faults import machine_fault
 from vaesweep.sweep import compat
 from vaesweep.sweep.compat import BasicSweeper, OptunaSweeperImpl, create_params_from_overrides
@@ -94,9 +94,8 @@ def fail_stale_trials(study: optuna.Study) -> list[int]:
 def fail_unfinished(study: optuna.Study, trials: Sequence[optuna.Trial], e: BaseException) -> None:
     """Marks FAIL, with the reason, the ``trials`` still RUNNING when their launch ended in
     ``e`` (the user stopped the sweep), so that the study holds no live-looking trial."""
-    reason = (f"interrupted by {e.signal_name}" if hasattr(e, "signal_name") else
-              "interrupted by SIGINT" if isinstance(e, KeyboardInterrupt) else
-              f"{type(e).__name__}: {e}"[:2000])
+    stop = stop_signal(e)
+    reason = f"interrupted by {stop[0]}" if stop else f"{type(e).__name__}: {e}"[:2000]
     for t in trials:
         try:
             if compat.is_running(study, t):
@@ -276,8 +275,7 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
         self.design: list[dict] = []
         self.pruner = pruner
         self._max_failures_in_a_row = max_failures_in_a_row  # checked in sweep(), not cast
-        self.max_failures_in_a_row = (int(max_failures_in_a_row or 0)
-                                      if isinstance(max_failures_in_a_row, int) else 0)
+        self.max_failures_in_a_row = 0  # the checked value, set in sweep(); 0: never stop
         self.custom_search_space_extender = custom_search_space
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
@@ -329,8 +327,9 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
         number("hydra.sweeper.n_trials", self.n_trials, 1, integer=True)
         number("hydra.sweeper.n_jobs", self.n_jobs, 1, integer=True)
         if self._max_failures_in_a_row is not None:  # null: never stop
-            number("hydra.sweeper.max_failures_in_a_row", self._max_failures_in_a_row, 0,
-                   integer=True)
+            # the checked value: 3.0 is 3 (it was accepted here, then read as 0)
+            self.max_failures_in_a_row = int(number("hydra.sweeper.max_failures_in_a_row",
+                                                    self._max_failures_in_a_row, 0, integer=True))
         pruner = self.pruner
         prune_on = (self.config.get("study") or {}).get("prune_on")
         if prune_on and (pruner is None or isinstance(pruner, optuna.pruners.NopPruner)):

@@ -19,7 +19,7 @@ from typing import Any, Iterable, Iterator, Mapping
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from vaesweep.errors import ConfigError
+from vaesweep.errors import ConfigError, Interrupted  # Interrupted: re-exported, its old home
 from vaesweep.tracking.stale import owner
 
 from vaesweep.contract import (MODEL_TRAINING, TAG_CHANGED_PARAMS, TAG_COMMIT, TAG_DATA_SHAPE,  # noqa: F401
@@ -183,24 +183,6 @@ def set_note(client: MlflowClient, run_id: str, markdown: str) -> None:
     """The run's description in MLflow's UI (``mlflow.note.content``, markdown)."""
     from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
     client.set_tag(run_id, MLFLOW_RUN_NOTE, markdown)
-
-
-class Interrupted(BaseException):
-    """SIGTERM or SIGINT (Ctrl-C), turned into an exception so the run is marked KILLED on the
-    way out. A BaseException, as KeyboardInterrupt: no ``except Exception`` swallows it. Each
-    :class:`TrackedRun` it passes through adds its run id to :attr:`killed_runs`."""
-
-    def __init__(self, signum: int) -> None:
-        self.signum = int(signum)
-        self.killed_runs: list[str] = []
-        super().__init__(f"signal {self.signum} ({self.signal_name})")
-
-    @property
-    def signal_name(self) -> str:
-        try:
-            return signal.Signals(self.signum).name
-        except ValueError:
-            return str(self.signum)
 
 
 #: the signals that stop a run (the user stopping it): KILLED, not FAILED. Ctrl-C is SIGINT;
