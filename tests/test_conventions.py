@@ -160,3 +160,19 @@ def test_eta_from_finished_trials_and_from_the_running_trials_pace():
     p.started(["trial 1", "trial 2"])  # two at once: 2 left after them, one more batch
     assert p.eta() == pytest.approx(30 + 1 * 30, abs=1.0)
     assert duration(3725) == "1h02m" and duration(65) == "1m05s" and duration(None) == "?"
+
+
+def test_a_grid_shows_the_job_that_runs_not_the_whole_grid(tmp_path):
+    """Hydra's basic launcher gets a grid as one batch and runs it job after job: the
+    display must name the job that runs (it named every job of the grid at once, with
+    0 trials done until the whole grid had finished)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "VAESWEEP_DATA": str(tmp_path / "data")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    res = subprocess.run([sys.executable, "-m", "vaesweep", "-m", "+sweep=keras_scaling",
+                          "debug=smoke", "seed=0", "keras_kl=mean", "rec_weight=784,1,2"],
+                         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:]
+    started = re.findall(r"\[keras_scaling\] (job [\d, job]+) started \| (\d) of 3 trials done",
+                         res.stdout)
+    assert started == [("job 0", "0"), ("job 1", "1"), ("job 2", "2")], res.stdout[-3000:]

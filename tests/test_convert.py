@@ -156,3 +156,26 @@ def test_help_explains_the_formula(capsys):
     for word in ("A * rec_red + B * kl_red", "--rec-weight", "--kl-weight", "beta_norm = beta_eff * M / N",
                  "kl_div", "28*28", "collapse"):
         assert word in out, word
+
+
+def test_a_reader_that_stops_early_ends_convert_quietly(monkeypatch, capsys):
+    """`vaesweep convert ... | head -1`: the pipe closes while convert writes; it exits 0
+    without a BrokenPipeError traceback."""
+    import os
+    import sys
+
+    from vaesweep.cli import main
+
+    r, w = os.pipe()
+    os.close(r)  # the reader has gone
+    saved = os.dup(1)
+    try:
+        with capsys.disabled():
+            monkeypatch.setattr(sys, "stdout", os.fdopen(w, "w", buffering=1))
+            with pytest.raises(SystemExit) as e:
+                main(["convert", "--shape", "1,28,28", "--latents", "2", "--rec", "mean",
+                      "--rec-weight", "784", "--kl", "mean"])
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+    assert e.value.code == 0

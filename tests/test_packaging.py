@@ -109,7 +109,7 @@ def test_the_wheel_composes_every_group_and_the_quick_study(installed, tmp_path)
     assert not any(p.startswith(str(ROOT / "src")) for p in out["path"]), out["path"]
     options = {tuple(o) for o in out["options"]}
     assert {("sweep", p.stem) for p in (ROOT / "sweeps").glob("*.yaml")} <= options
-    assert {"data", "model", "likelihood", "kl", "kl/schedule", "method", "metrics", "optim",
+    assert {"data", "model", "likelihood", "kl", "kl/schedule", "method", "head", "metrics", "optim",
             "trainer", "sweep"} <= {g for g, _ in options}
 
     res = _clean_python(["-m", "vaesweep", "+sweep=quick", "--cfg", "job", "--resolve"],

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from test_report import N_OVER_M, beta_norm_sweep, fake_run
+from vaesweep.report.analysis import reduction_pairs
 from vaesweep.report.answer import answer
 from vaesweep.report.data import head_label, runs_frame
 from vaesweep.report.settings import (by_setting, head_comparison, implied_beta,
@@ -55,9 +56,14 @@ def test_typed_pairs_are_the_same_number_under_both_reductions_and_report_the_ga
     assert t["beta_eff_sum"].tolist() == pytest.approx([1.0, 1.0])
     assert t["beta_eff_mean"].tolist() == pytest.approx([N_OVER_M, N_OVER_M], rel=1e-6)
     assert t["gap_distortion"].tolist() == pytest.approx([80.0, 80.0])
-    text = answer(df).markdown()
+    text = answer(df, pairs=reduction_pairs(df)).markdown()
     assert "Same typed weight, other reduction (2 pairs" in text
     assert "ΔD +80" in text and "active units 8 → 0" in text
+    # the equal-beta_eff twins: D gap -0.5 within the seeds' std of D (0.707), but a rate gap
+    # of +0.2 where both settings' rates do not vary at all: not below the spread
+    line = next(x for x in text.splitlines() if "Sum vs mean at equal beta_eff" in x)
+    assert "beta_eff 1 (2 seeds): ΔD -0.5 (std 0.707), ΔR +0.2 (std 0)" in line
+    assert "below the spread in D and R at 0 of 1 weights" in line
 
 
 def schedule_sweep(linear_au, linear_d):
@@ -131,3 +137,17 @@ def test_collapsed_settings_show_how_alike_their_reconstructions_are():
     text = answer(runs_frame(runs)).markdown()
     line = next(x for x in text.splitlines() if "How alike the reconstructions" in x)
     assert "0.8 (active units 6" in line and "0.0001 (active units 0" in line
+
+
+def test_a_peak_inside_the_range_is_not_said_to_lie_beyond_it():
+    """structure_peaks' frame turns a missing ``edge`` into NaN; the answer must not read
+    that as an edge ("the peak may lie above the range" for an interior peak)."""
+    runs = []
+    for i, (b, mig) in enumerate(((0.01, 0.2), (0.1, 0.5), (1.0, 0.3), (3.0, 0.1))):
+        # a second metric that peaks at the edge: the frame's edge column mixes a string
+        # with missing values
+        runs.append(with_metrics(fake_run(i, beta_norm=b, mig=mig, d=50 + 10 * i, r=20 - 5 * i),
+                                 test__linear_probe_acc=0.9 - 0.1 * i))
+    text = answer(runs_frame(runs)).markdown()
+    line = next(x for x in text.splitlines() if "mig peaks" in x)
+    assert "mig peaks at beta_norm = 0.1" in line and "may lie" not in line

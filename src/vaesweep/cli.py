@@ -165,6 +165,11 @@ def main(argv: list[str] | None = None) -> Any:
         except VaesweepError as e:
             print(f"vaesweep {argv[0]}: error: {e}", file=sys.stderr)
             raise SystemExit(e.exit_code) from None
+        except BrokenPipeError:
+            # the reader stopped early (`vaesweep convert ... | head`): like any Unix filter,
+            # stop quietly; stdout is pointed at devnull so Python's exit flush cannot fail
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise SystemExit(0) from None
         except BaseException as e:
             if is_stop(e) and not verbose():
                 interrupted(e)

@@ -183,6 +183,8 @@ def _structure_line(a: Answer, c: pd.DataFrame, w: str, doubtful: set[str]) -> N
                        f"{_g(best[w])} (`{best['head']}`, {best['reduction']}).")
         return
     for p in peaks.itertuples():
+        # a missing edge may come back as NaN (truthy) from the frame: only a string is one
+        p = p._replace(edge=p.edge if isinstance(p.edge, str) else None)
         name = p.metric.split("/")[-1]
         other = (f"beta_eff = {_g(p.beta_eff)}" if w == "beta_norm" else f"beta_norm = {_g(p.beta_norm)}")
         where = {"lowest": "at the lowest weight searched, ", "highest": "at the highest weight "
@@ -333,6 +335,25 @@ def _pairs_line(a: Answer, df: pd.DataFrame, pairs: pd.DataFrame | None) -> None
     a.lines.append(f"Reduction equivalence: of {n} sum/mean pairs with equal beta_eff, "
                    f"{verdict} ({tol}); median gap |ΔD| = {_g(gd)} nats ({_g(gp, 2)} %), "
                    f"|ΔR| = {_g(gr)} nats{noise}.")
+    # the question's test (README question 1): per weight, the gap of the means over seeds
+    # against the seed-to-seed spread of single runs there
+    settings = by_setting(df)
+    per_weight, below = [], 0
+    for be, g in pairs.groupby("beta_eff", sort=True):
+        at = settings[np.isclose(settings["beta_eff"], be, rtol=1e-6)
+                      & settings["reduction"].isin(("sum", "mean"))]
+        sd = float(at["distortion_std"].max()) if "distortion_std" in at else float("nan")
+        sr = float(at["rate_std"].max()) if "rate_std" in at else float("nan")
+        gd, gr = float(g["gap_distortion"].mean()), float(g["gap_rate"].mean())
+        ok_here = bool(np.isfinite(sd) and np.isfinite(sr) and abs(gd) <= sd and abs(gr) <= sr)
+        below += ok_here
+        per_weight.append(f"beta_eff {_g(be)} ({len(g)} seed{'s' if len(g) > 1 else ''}): "
+                          f"ΔD {gd:+.3g} (std {_g(sd)}), ΔR {gr:+.3g} (std {_g(sr)})")
+    if per_weight and np.isfinite(settings.get("distortion_std", pd.Series(dtype=float))).any():
+        a.facts["pairs_below_spread"] = (below, len(per_weight))
+        a.lines.append("Sum vs mean at equal beta_eff, mean gap over seeds against the "
+                       "seed-to-seed std of one run: " + "; ".join(per_weight)
+                       + f": below the spread in D and R at {below} of {len(per_weight)} weights.")
     if ok < n:
         bad = pairs[~pairs["agree"]]
         a.lines.append("Pairs that differ: " + "; ".join(
@@ -464,9 +485,10 @@ def _schedule_lines(a: Answer, settings: pd.DataFrame, doubtful: set[str]) -> No
                        "does not change where they end.")
     else:
         a.lines.append("Annealing changes the end point beyond seed noise in: " + "; ".join(
-            f"{r.schedule} at beta_eff {_g(r.beta_eff)} "
-            f"({'active units' if r.metric == 'active_units' else 'ELBO'} {r.diff:+.3g})"
-            for r in beyond.itertuples()) + ".")
+            f"{sched} at beta_eff {_g(be)} (" + ", ".join(
+                f"{'active units' if r.metric == 'active_units' else 'ELBO'} {r.diff:+.3g}"
+                for r in g.itertuples()) + ")"
+            for (sched, be), g in beyond.groupby(["schedule", "beta_eff"], sort=False)) + ".")
 
 
 def _heads_lines(a: Answer, settings: pd.DataFrame, doubtful: set[str]) -> None:

@@ -203,7 +203,10 @@ def _config_beta_eff(params: Mapping[str, Any], weighting: Any, n: int | None,
     reduction = params.get("kl.reduction") or "sum"
     if not isinstance(weight, (int, float)) or isinstance(weight, bool):
         return None
-    return beta_eff_from(float(weight), str(reduction), n, m, weighting == "beta_norm")
+    # 12 significant digits: beta M/N under mean and beta_eff under sum are one weight, not
+    # 0.1 and 0.09999999999999999 (two points on every axis)
+    value = beta_eff_from(float(weight), str(reduction), n, m, weighting == "beta_norm")
+    return float(f"{value:.12g}")
 
 
 def _unfinished(tags: Mapping[str, str], params: Mapping[str, Any], beta_eff: float | None,

@@ -69,6 +69,16 @@ class InjectingLauncher:
             return self.launcher.launch(batch, initial_job_idx=initial_job_idx)
         labels = [next((f"trial {x.split('=', 1)[1]}" for x in p if x.startswith("study.trial=")),
                        f"job {initial_job_idx + i}") for i, p in enumerate(per_job)]
+        if type(self.launcher).__name__ == "BasicLauncher" and len(batch) > 1:
+            # Hydra's basic launcher runs a batch one job after another in this process (a
+            # grid is one batch): hand it one job at a time, so the display shows the job that
+            # runs, not the whole grid, and its ETA learns from each job
+            returns = []
+            for i, (job, label) in enumerate(zip(batch, labels)):
+                progress.started([label])
+                returns += list(self.launcher.launch([job], initial_job_idx=initial_job_idx + i))
+                progress.finished(1)
+            return returns
         progress.started(labels)
         returns = self.launcher.launch(batch, initial_job_idx=initial_job_idx)
         progress.finished(len(returns))
