@@ -179,3 +179,26 @@ def test_a_reader_that_stops_early_ends_convert_quietly(monkeypatch, capsys):
         os.dup2(saved, 1)
         os.close(saved)
     assert e.value.code == 0
+
+
+def test_cited_results_are_constant_weights_one_head_a_line_and_near_the_weight(tmp_path):
+    """A typed loss is a constant weight: warm-up runs are not cited for it; heads are
+    different likelihoods, one line each; a study with nothing within a factor 4 of the
+    weight is not cited at all."""
+    (tmp_path / "s").mkdir()
+    pd.DataFrame({
+        "state": ["COMPLETE"] * 5, "data": ["fashion_mnist"] * 5,
+        "head": ["bernoulli", "bernoulli", "gaussian σ=0.1", "bernoulli", "bernoulli"],
+        "n_elements": [784] * 5, "latent_dim": [10] * 5,
+        "beta_eff": [1.0, 1.0, 1.0, 1.0, 20.0], "active_units": [5, 8, 10, 5, 2],
+        "distortion": [230.0, 229.0, -500.0, 231.0, 280.0], "rate": [10.0, 12.0, 30.0, 11.0, 2.0],
+        "kl.schedule.name": ["constant", "linear", "constant", None, "constant"],
+    }).to_csv(tmp_path / "s" / "runs.csv", index=False)
+    text = "\n".join(convert((1, 28, 28), 10, "sum", "sum", 1, 1, tmp_path))
+    assert "s (fashion_mnist, bernoulli): at beta_eff = 1, 2 run(s): active units 5 of 10" in text
+    assert "s (fashion_mnist, gaussian σ=0.1): at beta_eff = 1, 1 run(s)" in text
+    assert "229" not in text  # the linear warm-up
+    far = "\n".join(convert((1, 28, 28), 10, "sum", "sum", 1, 200, tmp_path))  # beta_eff 200
+    assert "s (fashion_mnist" not in far and "no committed study has N = 784 and M = 10" in far
+    near = "\n".join(convert((1, 28, 28), 10, "sum", "sum", 1, 60, tmp_path))  # beta_eff 60
+    assert "nearest measured, at beta_eff = 20" in near

@@ -176,17 +176,23 @@ def measured(results: Path, n: int, m: int, beta_eff: float) -> list[str]:
             continue
         df = df[(df["state"] == "COMPLETE") & (df["n_elements"] == n) & (df["latent_dim"] == m)
                 & (df["beta_eff"] > 0)]
+        if "kl.schedule.name" in df:
+            # a typed loss is a constant weight: warm-ups end elsewhere (the annealing study)
+            df = df[df["kl.schedule.name"].isna() | (df["kl.schedule.name"] == "constant")]
         if df.empty:
             continue
-        found = True
         study = table.parent.name
         weights = sorted(df["beta_eff"].unique())
         logs = [abs(math.log(w / beta_eff)) if beta_eff > 0 else w for w in weights]
         nearest = weights[min(range(len(weights)), key=logs.__getitem__)]
         near = [w for w in weights if w == nearest or (beta_eff > 0 and 0.5 <= w / beta_eff <= 2)]
         data = ", ".join(sorted(map(str, df["data"].dropna().unique()))) if "data" in df else "?"
-        for w in near:
-            g = df[df["beta_eff"] == w]
+        if not 0.25 <= nearest / beta_eff <= 4:
+            continue  # this study measured nothing near the weight
+        far = "" if 0.5 <= nearest / beta_eff <= 2 else "nearest measured, "
+        found = True
+        for w, head, g in ((w, h, g) for w in near for h, g in
+                           df[df["beta_eff"] == w].groupby(df.get("head", "?"), sort=True)):
             dead = int((g["active_units"] == 0).sum())
             conv = ""
             if "converged" in g and g["converged"].notna().any():
@@ -194,14 +200,13 @@ def measured(results: Path, n: int, m: int, beta_eff: float) -> list[str]:
                 conv = f"; {n_conv} of {len(g)} converged"
             if "schedule_unfinished" in g and g["schedule_unfinished"].notna().any():
                 conv += f"; {int(g['schedule_unfinished'].notna().sum())} schedule(s) unfinished"
-            heads = ", ".join(sorted(map(str, g["head"].unique()))) if "head" in g else "?"
-            lines.append(f"{study} ({data}, {heads}): at beta_eff = {w:.4g}, {len(g)} run(s): "
+            lines.append(f"{study} ({data}, {head}): {far}at beta_eff = {w:.4g}, {len(g)} run(s): "
                          f"active units {_span(g['active_units'])} of {m}, collapsed in {dead}, "
                          f"distortion {_span(g['distortion'])} nats, rate {_span(g['rate'])} nats"
                          f"{conv}")
     if not found:
         have = ", ".join(p.parent.name for p in tables) or "none"
-        lines.append(f"no committed study has N = {n} and M = {m} "
+        lines.append(f"no committed study has N = {n} and M = {m} near this weight "
                      f"(studies with a runs.csv: {have}"
                      + (f"; without one: {', '.join(without)}" if without else "")
                      + "): the regime above follows from beta_eff alone")
