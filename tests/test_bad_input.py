@@ -195,6 +195,15 @@ CASES = [
      ["ckpt_path='/nonexistent/last.ckpt'", "does not exist"], 2),
     ("unknown sweep", ["-m", "+sweep=nope"], ["Could not find 'sweep/nope'", "quick"], 1),
     ("unknown sweep command", ["sweep", "nope"], ["sweep='nope'", "quick"], 2),
+    # the studies' own variables (issue 11): the error names the value where it was given
+    ("study variable: keras_kl", ["-m", "+sweep=keras_scaling", "keras_kl=avg"],
+     ["kl.beta='${loss_beta_eff:", "got 'avg'", "keras_kl='avg'"], 2),
+    ("study head preset", ["-m", "+sweep=likelihoods", "+head=nope"],
+     ["Could not find 'head/nope'", "sigma_vae"], 1),
+    # a study's grid replaced by one bad value on the command line: every job has it, so the
+    # sweep stops before any run (it warned, then failed every trial and exited 0)
+    ("study grid replaced by one bad value", ["-m", "+sweep=beta_norm_grid", "kl.beta_norm=-1"],
+     ["kl.beta_norm=-1", "[0, inf]"], 2),
     ("sweep: bad value for every job", [*SWEEP, "kl.reduction=avg"],
      ["kl.reduction='avg'", "'sum', 'mean'"], 2),
     ("sweep: malformed storage URL", [*SWEEP, "study.storage=optuna.db"],

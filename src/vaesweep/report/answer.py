@@ -99,7 +99,9 @@ def answer(df: pd.DataFrame, *, sweep: str | None = None, study: StudyInfo | Non
     if study is not None:
         dirs = ", ".join(f"{o} ({d})" for o, d in zip(study.objectives, study.directions))
         st = ", ".join(f"{v} {k}" for k, v in sorted(study.states.items()))
-        best = "best trial" if len(study.directions) == 1 else "Pareto set"
+        best = ("best trial" if len(study.directions) == 1 else
+                "Pareto set (Optuna's non-dominated trials, without the seed-noise tolerance "
+                "of the front above)")
         a.lines.append(f"Optuna study `{study.name}` ({dirs}): {study.n_trials} trials ({st}); "
                        f"{best}: trial(s) {', '.join(map(str, study.best_trials)) or 'none'}.")
         a.facts["optuna_best"] = list(study.best_trials)
@@ -200,7 +202,10 @@ def _structure_line(a: Answer, c: pd.DataFrame, w: str, doubtful: set[str]) -> N
         if p.within_noise:
             text += (f"; within seed noise of the peak: {w} "
                      + ", ".join(_g(v) for v in p.within_noise))
-        a.lines.append(text + _provisional(p.runs, doubtful) + ".")
+        # the line compares the peak with both ends and the weights near it: any flagged run
+        # of this head is behind it
+        head_runs = c.loc[c["head"] == p.head, "run_id"]
+        a.lines.append(text + _provisional(head_runs, doubtful) + ".")
 
 
 def _elbo_line(a: Answer, c: pd.DataFrame) -> None:
@@ -326,12 +331,12 @@ def _pairs_line(a: Answer, df: pd.DataFrame, pairs: pd.DataFrame | None) -> None
     gp = pairs["gap_distortion_pct"].median()
     gr = pairs["gap_rate"].abs().median()
     spread = seed_spread(df)
-    noise = (f"; seed-to-seed std of D is {_g(spread['std_distortion'].median())} nats"
-             if len(spread) else "")
+    noise = (f"; the median seed-to-seed std of D over the sweep's settings is "
+             f"{_g(spread['std_distortion'].median())} nats" if len(spread) else "")
     tol = (f"within max({D_TOL_REL:.0%} of D, {D_TOL_ABS:g} nat) and "
            f"max({R_TOL_REL:.0%} of R, {R_TOL_ABS:g} nats)")
-    verdict = ("all land on the same point" if ok == n
-               else f"{ok} land on the same point, {n - ok} do not")
+    verdict = ("all land on the same point by that fixed tolerance" if ok == n
+               else f"{ok} land on the same point by that fixed tolerance, {n - ok} do not")
     a.lines.append(f"Reduction equivalence: of {n} sum/mean pairs with equal beta_eff, "
                    f"{verdict} ({tol}); median gap |ΔD| = {_g(gd)} nats ({_g(gp, 2)} %), "
                    f"|ΔR| = {_g(gr)} nats{noise}.")
@@ -401,7 +406,9 @@ def _sweet_spot_line(a: Answer, c: pd.DataFrame, w: str, doubtful: set[str]) -> 
         near = np.isclose(p["peak"], 0.1) or any(np.isclose(v, 0.1) for v in p["within_noise"])
         parts.append(f"{name} {_g(value)} against {_g(p['mean'])} at its peak (beta_norm "
                      f"{_g(p['peak'])}){' — within seed noise of it' if near else ' — below it beyond seed noise' if p['n'] > 1 else ''}")
-    a.lines.append("; ".join(parts) + _provisional(at["run_id"], doubtful) + ".")
+    behind = list(at["run_id"]) + list(c.loc[c["head"].isin(at["head"]), "run_id"])
+    a.lines.append("; ".join(parts) + _provisional(behind if len(parts) > 1 else at["run_id"],
+                                                   doubtful) + ".")
 
 
 def _alike_line(a: Answer, settings: pd.DataFrame, doubtful: set[str]) -> None:
@@ -484,11 +491,14 @@ def _schedule_lines(a: Answer, settings: pd.DataFrame, doubtful: set[str]) -> No
                        "seed noise at any weight here: where the runs converge, the warm-up "
                        "does not change where they end.")
     else:
+        behind = [i for _, r in settings.iterrows()
+                  if any(np.isclose(r["beta_eff"], beyond["beta_eff"])) for i in r["runs"]]
         a.lines.append("Annealing changes the end point beyond seed noise in: " + "; ".join(
             f"{sched} at beta_eff {_g(be)} (" + ", ".join(
                 f"{'active units' if r.metric == 'active_units' else 'ELBO'} {r.diff:+.3g}"
                 for r in g.itertuples()) + ")"
-            for (sched, be), g in beyond.groupby(["schedule", "beta_eff"], sort=False)) + ".")
+            for (sched, be), g in beyond.groupby(["schedule", "beta_eff"], sort=False))
+            + _provisional(behind, doubtful) + ".")
 
 
 def _heads_lines(a: Answer, settings: pd.DataFrame, doubtful: set[str]) -> None:
@@ -517,7 +527,8 @@ def _heads_lines(a: Answer, settings: pd.DataFrame, doubtful: set[str]) -> None:
             + _provisional(runs, doubtful) + ".")
     if "active_units" in h:
         a.lines.append("Active units by head: " + ", ".join(
-            f"`{r['head']}` {_g(r['active_units'], 2)}" for _, r in h.iterrows()) + ".")
+            f"`{r['head']}` {_g(r['active_units'], 2)}" for _, r in h.iterrows())
+            + _provisional(runs, doubtful) + ".")
     if "implied_beta" in h:
         learned = h[~h["head"].astype(str).str.startswith("gaussian σ=") & h["implied_beta"].notna()]
         fixed = h[h["head"].astype(str).str.startswith("gaussian σ=")]

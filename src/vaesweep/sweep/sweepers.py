@@ -603,7 +603,15 @@ class VaesweepBasicSweeper(_ParentMixin, BasicSweeper):
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         overrides = parser.parse_overrides(self._parse_config() + list(arguments))
         self.overrides = self.split_arguments(overrides, self.max_batch_size)
-        swept = [o.get_key_element() for o in overrides if o.is_sweep_override()]
+        # a key is swept when its jobs differ in it: a study's grid overridden by one value
+        # on the command line (kl.beta_norm=-1) is every job's value, checked as fixed
+        values: dict[str, set[str]] = {}
+        for job in (j for batch in self.overrides for j in batch):
+            for o in job:
+                k, _, v = str(o).partition("=")
+                values.setdefault(k, set()).add(v)
+        swept = [o.get_key_element() for o in overrides if o.is_sweep_override()
+                 and len(values.get(o.get_key_element(), ())) > 1]
         if self.overrides and self.overrides[0]:
             with user_errors():
                 self._check_first_job(self.overrides[0][0], swept)
