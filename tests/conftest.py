@@ -107,7 +107,7 @@ TINY_SWEEP_ARGS = ["trainer.max_steps=6", "trainer.val_check_interval=3",
                    "tracking.log_checkpoint=false"]
 # 2 beta_norm x 2 heads x sum/mean, one seed, with a linear warm-up so that the weight moves;
 # on dSprites (the study itself runs on Fashion-MNIST): factors for the structure metrics
-TINY_GRID_ARGS = ["data=dsprites", "model=conv64", "model.hidden=256",
+TINY_GRID_ARGS = ["data=dsprites", "model=conv64", "model.hidden=256", "optim.lr=5e-4",
                   "kl.beta_norm=0.01,1.0", "likelihood=bernoulli,gaussian_optimal",
                   "kl.reduction=sum,mean", "seed=0", "kl/schedule=linear",
                   "kl.schedule.steps=4"]

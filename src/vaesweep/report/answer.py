@@ -333,10 +333,10 @@ def _pairs_line(a: Answer, df: pd.DataFrame, pairs: pd.DataFrame | None) -> None
     spread = seed_spread(df)
     noise = (f"; the median seed-to-seed std of D over the sweep's settings is "
              f"{_g(spread['std_distortion'].median())} nats" if len(spread) else "")
-    tol = (f"within max({D_TOL_REL:.0%} of D, {D_TOL_ABS:g} nat) and "
+    tol = (f"by a fixed tolerance: within max({D_TOL_REL:.0%} of D, {D_TOL_ABS:g} nat) and "
            f"max({R_TOL_REL:.0%} of R, {R_TOL_ABS:g} nats)")
-    verdict = ("all land on the same point by that fixed tolerance" if ok == n
-               else f"{ok} land on the same point by that fixed tolerance, {n - ok} do not")
+    verdict = ("all land on the same point" if ok == n
+               else f"{ok} land on the same point, {n - ok} do not")
     a.lines.append(f"Reduction equivalence: of {n} sum/mean pairs with equal beta_eff, "
                    f"{verdict} ({tol}); median gap |ΔD| = {_g(gd)} nats ({_g(gp, 2)} %), "
                    f"|ΔR| = {_g(gr)} nats{noise}.")
