@@ -38,7 +38,8 @@ def resolve(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError(str(e.full_key), "???", "a value (this key has no default)") from None
     except InterpolationResolutionError as e:
         key = str(getattr(e, "full_key", "?"))
-        raise ConfigError(key, _raw(cfg, key), _why(cfg, key, e)) from None
+        raw = _raw(cfg, key)
+        raise ConfigError(key, raw, _why(cfg, raw, e)) from None
 
 
 def _raw(cfg: DictConfig, key: str) -> Any:
@@ -51,13 +52,12 @@ def _raw(cfg: DictConfig, key: str) -> Any:
     return node
 
 
-def _why(cfg: DictConfig, key: str, e: Exception) -> str:
-    """One line: why the interpolation failed (its first line, without OmegaConf's
+def _why(cfg: DictConfig, raw: Any, e: Exception) -> str:
+    """One line: why the interpolation ``raw`` failed (its first line, without OmegaConf's
     full_key/object_type lines) and the values of the keys it reads, which is where the bad
     value was given (e.g. a sweep variable such as ``keras_kl``)."""
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     first = first.replace("ValueError raised while resolving interpolation: ", "")
-    raw = _raw(cfg, key)
     refs = dict.fromkeys(re.findall(r"\$\{([A-Za-z_][\w.]*)\}", raw if isinstance(raw, str) else ""))
     shown = []
     for ref in refs:

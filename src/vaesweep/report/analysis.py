@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -269,11 +269,8 @@ def reduction_pairs(df: pd.DataFrame) -> pd.DataFrame:
     c = c[c["weighting"].isin(_PAIR_WEIGHTINGS)]
     keys = _pair_key_columns(c)
     rows: list[dict[str, Any]] = []
-    grouped = c.astype({k: str for k in keys}).groupby(keys, dropna=False, sort=False) \
-        if keys else [((), c)]
-    for _, g in grouped:
-        sums = c.loc[g.index[g["reduction"] == "sum"]].sort_values("beta_eff")
-        means = c.loc[g.index[g["reduction"] == "mean"]]
+    for sums, means in sum_mean_groups(c, keys):
+        sums = sums.sort_values("beta_eff")
         used: set[Any] = set()
         for _, s in sums.iterrows():
             for j, m in means.iterrows():
@@ -302,12 +299,34 @@ def reduction_pairs(df: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(["head", "beta_eff", "seed"], kind="stable").reset_index(drop=True)
 
 
+def setting_keys(df: pd.DataFrame) -> list[str]:
+    """The params that change what a run trains: every param but the seed, bookkeeping
+    (threads, objective, ckpt_path) and the tracking/metrics/study/hydra keys. Runs equal in
+    these are one setting repeated over seeds."""
+    return [k for k in param_columns(df) if k not in _NOT_TRAINED
+            and not k.startswith(_PAIR_FREE_PREFIX)]
+
+
+def schedule_names(df: pd.DataFrame) -> pd.Series:
+    """Each run's KL schedule (``kl.schedule.name``), ``constant`` where it has none."""
+    return df.get("kl.schedule.name", pd.Series("constant", index=df.index)).fillna("constant")
+
+
+def sum_mean_groups(c: pd.DataFrame, keys: Sequence[str]) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
+    """For runs ``c`` grouped by ``keys`` (the params a pair must share): each group's
+    ``kl.reduction=sum`` runs and its ``mean`` runs, as two frames."""
+    grouped = c.astype({k: str for k in keys}).groupby(list(keys), dropna=False, sort=False) \
+        if keys else [((), c)]
+    for _, g in grouped:
+        g = c.loc[g.index]
+        yield g[g["reduction"] == "sum"], g[g["reduction"] == "mean"]
+
+
 def seed_spread(df: pd.DataFrame) -> pd.DataFrame:
     """Standard deviation of distortion and rate over seeds of otherwise equal runs (groups
     with two or more seeds): the noise a gap between runs should be compared with."""
     c = complete_runs(df)
-    keys = [k for k in param_columns(c) if k not in _NOT_TRAINED
-            and not k.startswith(_PAIR_FREE_PREFIX)]
+    keys = setting_keys(c)
     if c.empty or "seed" not in c or c["seed"].nunique() < 2:
         return pd.DataFrame(columns=["n", "std_distortion", "std_rate"])
     g = c.astype({k: str for k in keys}).groupby(keys, dropna=False)
@@ -511,7 +530,7 @@ def is_dynamic(df: pd.DataFrame) -> pd.Series:
     capacity annealing, or free bits."""
     if df.empty:
         return pd.Series(dtype=bool)
-    sched = df.get("kl.schedule.name", pd.Series("constant", index=df.index)).fillna("constant")
+    sched = schedule_names(df)
     fb = pd.to_numeric(df.get("kl.free_bits", pd.Series(0.0, index=df.index)), errors="coerce")
     return (sched != "constant") | df["weighting"].isin(FEEDBACK_WEIGHTINGS) | (fb.fillna(0) > 0)
 

@@ -19,7 +19,7 @@ import pandas as pd
 
 from vaesweep.report.analysis import (CONVERGED_RTOL, CONVERGED_WINDOW, D_TOL_ABS, D_TOL_REL,
                                       R_TOL_ABS, R_TOL_REL, complete_runs, elbo_weight,
-                                      ordering_breaks, over_seeds, run_label,
+                                      ordering_breaks, over_seeds, run_label, schedule_names,
                                       seed_noise, seed_spread, structure_metric,
                                       structure_peaks, weight_column)
 from vaesweep.report.data import StudyInfo
@@ -63,8 +63,11 @@ def _range(values: pd.Series, digits: int = 3) -> str:
 
 
 def answer(df: pd.DataFrame, *, sweep: str | None = None, study: StudyInfo | None = None,
-           pairs: pd.DataFrame | None = None, dynamics: pd.DataFrame | None = None) -> Answer:
-    """The statements a sweep's numbers support (see the module docstring)."""
+           pairs: pd.DataFrame | None = None, dynamics: pd.DataFrame | None = None,
+           settings: pd.DataFrame | None = None) -> Answer:
+    """The statements a sweep's numbers support (see the module docstring). ``pairs``,
+    ``dynamics`` and ``settings`` (:func:`~vaesweep.report.settings.by_setting`) are passed
+    by a caller that has already computed them."""
     a = Answer()
     a.facts["runs"] = int(len(df))
     if df.empty:
@@ -89,9 +92,9 @@ def answer(df: pd.DataFrame, *, sweep: str | None = None, study: StudyInfo | Non
         _head_lines(a, str(head), g, w, doubtful)
     _structure_line(a, c, w, doubtful)
     _sweet_spot_line(a, c, w, doubtful)
-    settings = by_setting(df)
+    settings = by_setting(df) if settings is None else settings
     _alike_line(a, settings, doubtful)
-    _pairs_line(a, df, pairs)
+    _pairs_line(a, df, pairs, settings)
     _typed_pairs_line(a, df, doubtful)
     _schedule_lines(a, settings, doubtful)
     _heads_lines(a, settings, doubtful)
@@ -299,7 +302,7 @@ def _convergence_lines(a: Answer, c: pd.DataFrame, w: str) -> set[str]:
 def _schedule_line(a: Answer, c: pd.DataFrame, w: str) -> set[str]:
     """Schedules that finished: a run that ended before its schedule did never trained at the
     weight it is reported at."""
-    sched = c.get("kl.schedule.name", pd.Series("constant", index=c.index)).fillna("constant")
+    sched = schedule_names(c)
     moving = c[(sched != "constant") | (c["weighting"] == "capacity")]  # weights that ramp
     unfinished = c[c["schedule_unfinished"].notna()] if "schedule_unfinished" in c else c.iloc[0:0]
     a.facts["schedule_unfinished"] = list(unfinished["run_id"])
@@ -319,7 +322,8 @@ def _schedule_line(a: Answer, c: pd.DataFrame, w: str) -> set[str]:
     return set(unfinished["run_id"])
 
 
-def _pairs_line(a: Answer, df: pd.DataFrame, pairs: pd.DataFrame | None) -> None:
+def _pairs_line(a: Answer, df: pd.DataFrame, pairs: pd.DataFrame | None,
+                settings: pd.DataFrame) -> None:
     if pairs is None or pairs.empty:
         a.facts["pairs"] = 0
         a.lines.append("No sum/mean pairs with equal beta_eff in this sweep: the "
@@ -342,7 +346,6 @@ def _pairs_line(a: Answer, df: pd.DataFrame, pairs: pd.DataFrame | None) -> None
                    f"|ΔR| = {_g(gr)} nats{noise}.")
     # the question's test (README question 1): per weight, the gap of the means over seeds
     # against the seed-to-seed spread of single runs there
-    settings = by_setting(df)
     per_weight, below = [], 0
     for be, g in pairs.groupby("beta_eff", sort=True):
         at = settings[np.isclose(settings["beta_eff"], be, rtol=1e-6)
@@ -404,9 +407,12 @@ def _sweet_spot_line(a: Answer, c: pd.DataFrame, w: str, doubtful: set[str]) -> 
         name = metric.split("/")[-1]
         value = float(at[metric].mean())
         near = np.isclose(p["peak"], 0.1) or any(np.isclose(v, 0.1) for v in p["within_noise"])
+        verdict = (" — within seed noise of it" if near else
+                   " — below it beyond seed noise" if p["n"] > 1 else "")
         parts.append(f"{name} {_g(value)} against {_g(p['mean'])} at its peak (beta_norm "
-                     f"{_g(p['peak'])}){' — within seed noise of it' if near else ' — below it beyond seed noise' if p['n'] > 1 else ''}")
-    behind = list(at["run_id"]) + list(c.loc[c["head"].isin(at["head"]), "run_id"])
+                     f"{_g(p['peak'])}){verdict}")
+    # the runs at 0.1 and, once it is compared with the peak, every run of its head
+    behind = list(c.loc[c["head"].isin(at["head"]), "run_id"])
     a.lines.append("; ".join(parts) + _provisional(behind if len(parts) > 1 else at["run_id"],
                                                    doubtful) + ".")
 

@@ -261,7 +261,8 @@ def build_report(data: SweepData, *, max_images: int = 6) -> Report:
     runs = Section("runs", "All runs")
     runs.tables.append(Table(f"{len(df)} runs", _runs_table(df, w)))
     sections.append(runs)
-    ans = answer(df, sweep=data.sweep, study=data.study, pairs=pairs, dynamics=dyn_table)
+    ans = answer(df, sweep=data.sweep, study=data.study, pairs=pairs, dynamics=dyn_table,
+                 settings=settings)
     meta = {"sweep": data.sweep, "tracking_uri": data.tracking_uri,
             "experiment": data.experiment, "parent_run_id": data.parent_run_id,
             "runs": len(df), "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z")}

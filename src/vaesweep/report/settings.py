@@ -11,14 +11,13 @@ an effect.
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from vaesweep.report.analysis import (_NOT_TRAINED, _PAIR_FREE_PREFIX, BETA_EFF_RTOL,
-                                      NOISE_SIGMAS, complete_runs, param_columns)
+from vaesweep.report.analysis import (BETA_EFF_RTOL, NOISE_SIGMAS, complete_runs,
+                                      schedule_names, setting_keys, sum_mean_groups)
 
 #: per-setting means (and standard deviations over seeds) of these columns, when logged;
 #: ``elbo`` is −(D + R) on the test images (nats per example)
@@ -32,19 +31,6 @@ HEAD_FREE = ("test/mse", "test/psnr", "test/linear_probe_acc", "test/knn_acc", "
 CONSTANT = "constant"
 
 
-def _setting_keys(c: pd.DataFrame) -> list[str]:
-    """Params that change what a run trains (everything but the seed, bookkeeping and the
-    sweep's own keys)."""
-    return [k for k in param_columns(c) if k not in _NOT_TRAINED
-            and not k.startswith(_PAIR_FREE_PREFIX)]
-
-
-def schedule_of(row: pd.Series | dict) -> str:
-    """The KL schedule's name (``constant`` when the run has none)."""
-    s = row.get("kl.schedule.name")
-    return CONSTANT if s is None or (isinstance(s, float) and math.isnan(s)) else str(s)
-
-
 def by_setting(df: pd.DataFrame) -> pd.DataFrame:
     """Complete runs grouped by setting (every trained param but the seed): one row each with
     ``head``, ``schedule``, ``reduction``, ``beta_eff``, ``n`` (runs), ``converged`` (runs
@@ -54,9 +40,8 @@ def by_setting(df: pd.DataFrame) -> pd.DataFrame:
     c = complete_runs(df)
     if c.empty:
         return pd.DataFrame(columns=["head", "schedule", "reduction", "beta_eff", "n"])
-    keys = _setting_keys(c)  # before the derived columns below, which are not params
-    c = c.assign(elbo=-(c["distortion"] + c["rate"]),
-                 schedule=[schedule_of(r) for _, r in c.iterrows()])
+    keys = setting_keys(c)  # before the derived columns below, which are not params
+    c = c.assign(elbo=-(c["distortion"] + c["rate"]), schedule=schedule_names(c))
     grouped = c.astype({k: str for k in keys}).groupby(keys, dropna=False, sort=False) \
         if keys else [((), c)]
     rows = []
@@ -119,11 +104,9 @@ def typed_pairs(df: pd.DataFrame) -> pd.DataFrame:
     if c.empty or "kl.reduction" not in c:
         return pd.DataFrame(columns=cols)
     c = c[(c["weighting"] == "beta") & np.isfinite(c["beta"])]
-    keys = [k for k in _setting_keys(c) if k not in ("kl.reduction",)] + ["seed"]
+    keys = [k for k in setting_keys(c) if k != "kl.reduction"] + ["seed"]
     rows = []
-    for _, g in c.astype({k: str for k in keys}).groupby(keys, dropna=False, sort=False):
-        g = c.loc[g.index]
-        sums, means = g[g["reduction"] == "sum"], g[g["reduction"] == "mean"]
+    for sums, means in sum_mean_groups(c, keys):
         for _, s in sums.iterrows():
             for _, m in means.iterrows():
                 if abs(s["beta_eff"] - m["beta_eff"]) <= BETA_EFF_RTOL * max(s["beta_eff"], 1e-12):
