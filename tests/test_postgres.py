@@ -79,3 +79,39 @@ def test_workers_share_one_study_on_postgres_logging_to_an_mlflow_server(
     names = {a.path for a in MlflowClient(mlflow_server).list_artifacts(run_id)}
     assert {"config.yaml", "reconstructions.png"} <= names
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "optuna.db").exists()
+
+
+def _continue_parent(uri: str, run_id: str, start: float) -> str:
+    """One worker joining a study: it continues the study's parent run (TrackedRun with
+    run_id), which writes the same new tags as every other worker. Returns "" or the error."""
+    from vaesweep.tracking import TrackedRun
+    time.sleep(max(0.0, start - time.time()))  # all workers write together
+    try:
+        TrackedRun(uri, "race", run_id=run_id, tags={"vaesweep.sweep": "race",
+                                                     "vaesweep.joined": "yes"})
+    except Exception as e:  # noqa: BLE001 - the test reports whatever a worker hit
+        return f"{type(e).__name__}: {e}"
+    return ""
+
+
+def test_workers_continuing_one_parent_run_together_all_succeed(postgres):
+    """The workers of one study continue its parent run at the same moment and each sets the
+    same new tags. ``MlflowClient.set_tag`` is a read-then-insert, so on PostgreSQL all but one
+    insert could fail on the tag's primary key (CI hit it with 4 workers); every worker must
+    succeed, and the run must carry the tags once."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from vaesweep.tracking import TrackedRun
+    uri = postgres.create_db("mlflow_race")
+    failures = []
+    # spawned, not forked: a fork would share this process's database connections
+    with ProcessPoolExecutor(8, mp_context=multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(_continue_parent, [uri] * 8, ["warm-up"] * 8, [0] * 8))  # imports done
+        for attempt in range(5):  # five fresh runs: five chances for the race
+            run_id = TrackedRun(uri, "race", run_name=f"parent{attempt}").run_id
+            start = time.time() + 1
+            failures += [f for f in pool.map(_continue_parent, [uri] * 8, [run_id] * 8,
+                                             [start] * 8) if f]
+            assert MlflowClient(uri).get_run(run_id).data.tags["vaesweep.joined"] == "yes"
+    assert failures == []

@@ -36,6 +36,7 @@ from vaesweep.metrics.evaluate import evaluate_model
 from vaesweep.sweep.progress import job_callbacks
 from vaesweep.sweep.trial import OptunaPruning, open_trial
 from vaesweep.tracking import TrackedRun, flatten, git_commit
+from vaesweep.tracking.run import set_tags
 
 __all__ = ["run_job", "validate_job", "objectives", "machine_fault"]
 
@@ -104,7 +105,7 @@ def run_job(cfg: DictConfig | Mapping[str, Any], tags: Mapping[str, str] | None 
         unfinished = module.loss_terms.unfinished(trainer.global_step)
         if unfinished:  # it never trained at its target weight: say so where results are read
             log.warning("%s", unfinished)
-            run.client.set_tag(run.run_id, TAG_SCHEDULE_UNFINISHED, unfinished[:5000])
+            set_tags(run.client, run.run_id, {TAG_SCHEDULE_UNFINISHED: unfinished})
 
         # 7. test and evaluate
         # σ-VAE: one σ, from the training images, for every evaluated batch (test and metrics)

@@ -38,7 +38,7 @@ from vaesweep.sweep.parent import (InjectingLauncher, grid_note, job_overrides, 
                                    study_note, sweep_settings)
 from vaesweep.sweep.progress import sweep_progress
 from vaesweep.sweep.trial import storage
-from vaesweep.tracking.run import check_store, creation_lock, set_note, store_error
+from vaesweep.tracking.run import check_store, creation_lock, set_note, set_tags, store_error
 from vaesweep.tracking.stale import close_stale_runs, owner, owner_alive
 
 log = logging.getLogger("vaesweep.sweep")
@@ -550,8 +550,8 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
             try:
                 parent.log_params(params)
             except MlflowException:  # params are immutable: a resumed study found a new best
-                for k, v in params.items():
-                    parent.client.set_tag(parent.run_id, f"vaesweep.{k}", str(v))
+                set_tags(parent.client, parent.run_id,
+                         {f"vaesweep.{k}": v for k, v in params.items()})
         from pathlib import Path
         folder = Path(self.config.hydra.sweep.dir)  # no job ran when the study was finished
         folder.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 from typing import Any, Iterable, Iterator, Mapping
 
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from vaesweep.errors import ConfigError, Interrupted  # Interrupted: re-exported, its old home
@@ -163,7 +163,12 @@ def experiment_id(client: MlflowClient, name: str) -> str:
                 raise
             exp = client.get_experiment_by_name(name)
     if TAG_EXPERIMENT_KIND not in exp.tags:  # made by hand or by an older vaesweep
-        client.set_experiment_tag(exp.experiment_id, TAG_EXPERIMENT_KIND, MODEL_TRAINING)
+        try:
+            client.set_experiment_tag(exp.experiment_id, TAG_EXPERIMENT_KIND, MODEL_TRAINING)
+        except Exception:
+            # a read-then-insert too: another worker may have tagged it a moment earlier
+            if TAG_EXPERIMENT_KIND not in client.get_experiment(exp.experiment_id).tags:
+                raise
     return exp.experiment_id
 
 
@@ -179,10 +184,33 @@ def source_tags() -> dict[str, str]:
     return tags
 
 
+def set_tags(client: MlflowClient, run_id: str, tags: Mapping[str, Any]) -> None:
+    """Sets ``tags`` on run ``run_id`` in one ``log_batch``, safely when several processes set
+    the same key at once (the workers of one study share its parent run).
+
+    ``MlflowClient.set_tag`` is a read-then-insert: two workers that set a new key together on
+    a database store both insert, and one fails with a unique-key violation on ``tag_pk``.
+    MLflow's batch path (``SqlAlchemyStore._set_tags``) retries that conflict as an update.
+    Values are written as strings, cut to 5,000 characters (MLflow's limit on a tag value)."""
+    items = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, tags=items[i:i + 100])
+
+
+def delete_tag(client: MlflowClient, run_id: str, key: str) -> None:
+    """Deletes tag ``key`` of run ``run_id``; a tag another process deleted first is not an
+    error."""
+    try:
+        client.delete_tag(run_id, key)
+    except Exception as e:
+        if getattr(e, "error_code", None) != "RESOURCE_DOES_NOT_EXIST":
+            raise
+
+
 def set_note(client: MlflowClient, run_id: str, markdown: str) -> None:
     """The run's description in MLflow's UI (``mlflow.note.content``, markdown)."""
     from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
-    client.set_tag(run_id, MLFLOW_RUN_NOTE, markdown)
+    set_tags(client, run_id, {MLFLOW_RUN_NOTE: markdown})
 
 
 #: the signals that stop a run (the user stopping it): KILLED, not FAILED. Ctrl-C is SIGINT;
@@ -210,13 +238,14 @@ class TrackedRun:
                 self._params = dict(run.data.params)
                 # a continued run: now owned by this process, its old error kept aside
                 resumes = int(run.data.tags.get(TAG_RESUMES, 0)) + 1
-                self.client.set_tag(run_id, TAG_RESUMES, str(resumes))
+                new_tags = {TAG_RESUMES: resumes}
                 if TAG_ERROR in run.data.tags:
-                    self.client.set_tag(run_id, TAG_PREVIOUS_ERROR,
-                                        run.data.tags[TAG_ERROR])
-                    self.client.delete_tag(run_id, TAG_ERROR)
-                for k, v in {**owner(), **source_tags(), **(tags or {})}.items():
-                    self.client.set_tag(run_id, k, str(v))
+                    new_tags[TAG_PREVIOUS_ERROR] = run.data.tags[TAG_ERROR]
+                # the workers of one study continue its parent run together: race-safe writes
+                set_tags(self.client, run_id,
+                         {**new_tags, **owner(), **source_tags(), **(tags or {})})
+                if TAG_ERROR in run.data.tags:
+                    delete_tag(self.client, run_id, TAG_ERROR)
                 self.client.update_run(run_id, status="RUNNING")
         except Exception as e:
             if getattr(e, "error_code", None) == "RESOURCE_DOES_NOT_EXIST" and run_id:
@@ -248,11 +277,13 @@ class TrackedRun:
         else:
             status = "FAILED"
         try:
+            end_tags = {}
             if exc_type is not None and exc_type.__name__ == "TrialPruned":
-                self.client.set_tag(self.run_id, TAG_STATE, "PRUNED")
+                end_tags[TAG_STATE] = "PRUNED"
             if exc is not None:
-                self.client.set_tag(self.run_id, TAG_ERROR,
-                                    f"{exc_type.__name__}: {exc}"[:5000])
+                end_tags[TAG_ERROR] = f"{exc_type.__name__}: {exc}"
+            if end_tags:
+                set_tags(self.client, self.run_id, end_tags)
             self.client.set_terminated(self.run_id, status)
             if isinstance(exc, Interrupted):
                 exc.killed_runs.append(self.run_id)
@@ -273,8 +304,7 @@ class TrackedRun:
             changed = [f"{p.key}: {self._params[p.key]} -> {p.value}" for p in items
                        if p.key in self._params and self._params[p.key] != p.value]
             if changed:
-                self.client.set_tag(self.run_id, TAG_CHANGED_PARAMS,
-                                    "; ".join(changed)[:5000])
+                set_tags(self.client, self.run_id, {TAG_CHANGED_PARAMS: "; ".join(changed)})
             items = [p for p in items if p.key not in self._params]
             self._params.update({p.key: p.value for p in items})
         for i in range(0, len(items), 100):

@@ -80,7 +80,8 @@ def close_stale_runs(uri: str, experiment: str, sweep: str) -> list[str]:
         reason = (f"stale: its process {tags.get(TAG_PID)} on {tags.get(TAG_HOST)} died while the "
                   f"run was RUNNING; closed by process {os.getpid()} at "
                   f"{time.strftime('%Y-%m-%d %H:%M:%S')}")
-        client.set_tag(run.info.run_id, TAG_ERROR, reason)
+        from vaesweep.tracking.run import set_tags  # run.py imports this module
+        set_tags(client, run.info.run_id, {TAG_ERROR: reason})  # other workers may close it too
         client.set_terminated(run.info.run_id, "KILLED")
         closed.append(run.info.run_id)
     if closed:
