@@ -36,7 +36,7 @@ from vaesweep.metrics.evaluate import evaluate_model
 from vaesweep.sweep.progress import job_callbacks
 from vaesweep.sweep.trial import OptunaPruning, open_trial
 from vaesweep.tracking import TrackedRun, flatten, git_commit
-from vaesweep.tracking.run import set_tags
+from vaesweep.tracking.tags import set_tags
 
 __all__ = ["run_job", "validate_job", "objectives", "machine_fault"]
 

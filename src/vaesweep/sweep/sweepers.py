@@ -38,7 +38,8 @@ from vaesweep.sweep.parent import (InjectingLauncher, grid_note, job_overrides, 
                                    study_note, sweep_settings)
 from vaesweep.sweep.progress import sweep_progress
 from vaesweep.sweep.trial import storage
-from vaesweep.tracking.run import check_store, creation_lock, set_note, set_tags, store_error
+from vaesweep.tracking.run import check_store, creation_lock, set_note, store_error
+from vaesweep.tracking.tags import set_tags
 from vaesweep.tracking.stale import close_stale_runs, owner, owner_alive
 
 log = logging.getLogger("vaesweep.sweep")

@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from vaesweep.contract import TAG_ERROR, TAG_HOST, TAG_PID, TAG_PID_START
+from vaesweep.tracking.tags import set_tags
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,6 @@ def close_stale_runs(uri: str, experiment: str, sweep: str) -> list[str]:
         reason = (f"stale: its process {tags.get(TAG_PID)} on {tags.get(TAG_HOST)} died while the "
                   f"run was RUNNING; closed by process {os.getpid()} at "
                   f"{time.strftime('%Y-%m-%d %H:%M:%S')}")
-        from vaesweep.tracking.run import set_tags  # run.py imports this module
         set_tags(client, run.info.run_id, {TAG_ERROR: reason})  # other workers may close it too
         client.set_terminated(run.info.run_id, "KILLED")
         closed.append(run.info.run_id)
