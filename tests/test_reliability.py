@@ -82,14 +82,18 @@ def assert_every_trial_once(study: optuna.Study, uri: str, n_trials: int, worker
     runs = search_runs(uri, experiment)
     children = [r for r in runs if r.data.tags.get("vaesweep.role") != "parent"]
     parents = [r for r in runs if r.data.tags.get("vaesweep.role") == "parent"]
-    assert parents and all(p.info.status == "FINISHED" for p in parents)
+    # one parent: only the worker that created the study opens one, the others continue it
+    # (two parents split the study: `vaesweep report` reads one of them)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED", \
+        [(p.info.run_id, p.info.status) for p in parents]
+    assert study.user_attrs["mlflow_parent_run_id"] == parents[0].info.run_id
     tagged = sorted(int(r.data.tags["vaesweep.trial"]) for r in children)
     assert tagged == sorted(numbers), "a trial has no MLflow run, or more than one"
     by_id = {r.info.run_id: r for r in children}
     for t in complete:
         run = by_id[t.user_attrs["mlflow_run_id"]]
         assert run.info.status == "FINISHED" and run.data.tags["vaesweep.trial"] == str(t.number)
-        assert run.data.tags["mlflow.parentRunId"] in {p.info.run_id for p in parents}
+        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
         assert run.data.metrics["test/distortion"] == pytest.approx(t.values[0])
     assert not [r.info.run_id for r in children if r.info.status == "RUNNING"]
 
@@ -370,9 +374,20 @@ def test_disk_full_during_a_sweep_stops_it_with_one_error(workdir, full_disk):
 # -- four workers on one SQLite study ---------------------------------------------------------
 @pytest.mark.slow
 def test_four_workers_share_one_sqlite_study_every_trial_once(tmp_path):
-    run_workers(["-m", "+sweep=quick", *FAST, "hydra.sweeper.n_trials=4"], tmp_path, workers=4)
-    assert_every_trial_once(load(f"sqlite:///{tmp_path}/optuna.db"),
-                            f"sqlite:///{tmp_path}/mlflow.db", n_trials=4, workers=4)
+    # one sweep folder for all four (as for workers started in the same second)
+    run_workers(["-m", "+sweep=quick", *FAST, "hydra.sweeper.n_trials=4",
+                 f"hydra.sweep.dir={tmp_path}/multirun"], tmp_path, workers=4)
+    study = load(f"sqlite:///{tmp_path}/optuna.db")
+    # each trial has its own job folder, named by its number: none overwrote another's
+    for t in study.trials:
+        overrides = (tmp_path / "multirun" / str(t.number) / ".hydra" / "overrides.yaml")
+        assert f"study.trial={t.number}" in overrides.read_text(), t.number
+    assert_every_trial_once(study, f"sqlite:///{tmp_path}/mlflow.db", n_trials=4, workers=4)
+    # on SQLite the workers count and ask under one lock: exactly n_trials, the study's first
+    # four design points, each once
+    assert len(study.trials) == 4, [t.params for t in study.trials]
+    points = [tuple(sorted(t.params.items())) for t in study.trials]
+    assert len(set(points)) == 4, points
 
 
 # -- the user stops a job: Ctrl-C (SIGINT) or SIGTERM (issues 13 and 15) ------------------------

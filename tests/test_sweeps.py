@@ -139,6 +139,38 @@ def test_two_workers_share_one_study_every_trial_once(tmp_path):
     trials = [int(r.data.tags["vaesweep.trial"]) for r in children]
     assert sorted(trials) == sorted(t.number for t in study.trials)
     assert {t.user_attrs["mlflow_run_id"] for t in finished} <= {r.info.run_id for r in children}
+    assert len(parents) == 1, [p.info.run_id for p in parents]  # one parent for both workers
+
+
+def test_a_joining_worker_waits_for_the_study_s_parent_run_and_checks_its_store(tmp_path):
+    """Workers that start together: the one that created the study opens the parent run and
+    names it in the study; a joining worker waits for that name instead of creating a second
+    parent. A name from another experiment or store, or none within the wait, is not used."""
+    import threading
+
+    from vaesweep.sweep.parent import study_parent
+    from vaesweep.tracking import TrackedRun
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    settings = {"uri": uri, "experiment": "vaesweep"}
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path}/optuna.db")
+    parent = TrackedRun(uri, "vaesweep", run_name="sweep:s").run_id
+    threading.Timer(1.0, study.set_user_attr, ("mlflow_parent_run_id", parent)).start()
+    t0 = time.monotonic()
+    assert study_parent(study, settings, wait=30, poll=0.1) == parent  # named after ~1 s
+    assert 0.8 < time.monotonic() - t0 < 20
+    # a run of another experiment is not this sweep's parent
+    assert study_parent(study, {**settings, "experiment": "other"}, wait=0) is None
+    TrackedRun(uri, "other", run_name="x")
+    assert study_parent(study, {**settings, "experiment": "other"}, wait=0) is None
+    # a run id the store does not have
+    study.set_user_attr("mlflow_parent_run_id", "0" * 32)
+    assert study_parent(study, settings, wait=0) is None
+    # no name at all within the wait
+    fresh = optuna.create_study(study_name="t", storage=f"sqlite:///{tmp_path}/optuna.db")
+    t0 = time.monotonic()
+    assert study_parent(fresh, settings, wait=0.5, poll=0.1) is None
+    assert time.monotonic() - t0 >= 0.5
 
 
 def test_a_trial_is_born_with_its_owner_so_a_killed_sweep_leaves_no_anonymous_trial(tmp_path):

@@ -59,6 +59,8 @@ TAG_EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_dev
 
 #: Optuna trial user attributes: the trial's MLflow run, why it failed, why it was pruned
 ATTR_RUN_ID, ATTR_FAIL_REASON, ATTR_PRUNED_REASON = "mlflow_run_id", "fail_reason", "pruned_reason"
+#: Optuna study user attribute: the study's MLflow parent run (its workers all continue it)
+ATTR_PARENT_RUN_ID = "mlflow_parent_run_id"
 
 # -- thresholds -----------------------------------------------------------------------------
 #: Burda et al. 2016, section 5.2: a unit is active when Cov_x(E_q[z_u|x]) > 0.01

@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 
 from mlflow.tracking import MlflowClient
 
-from vaesweep.contract import (ATTR_RUN_ID, DEFAULT_TRACKING_URI, TAG_COMMIT, TAG_HOST, TAG_ROLE,
+from vaesweep.contract import (ATTR_PARENT_RUN_ID, ATTR_RUN_ID, DEFAULT_TRACKING_URI, TAG_COMMIT, TAG_HOST, TAG_ROLE,
                                TAG_STUDY, TAG_SWEEP, absolute_sqlite)
 from vaesweep.sweep.best import best_trials
 from vaesweep.sweep.progress import current
@@ -34,11 +34,50 @@ def find_parent(client: MlflowClient, experiment: str, sweep: str, study: str | 
     return runs[0].info.run_id if runs else None
 
 
+#: how long a worker that joins a study waits for the worker that created it to name its
+#: parent run (that worker opens the parent right after creating the study: about a second)
+PARENT_WAIT_S = 60.0
+
+
+def study_parent(study: Any, settings: Mapping[str, Any], wait: float = PARENT_WAIT_S,
+                 poll: float = 0.5) -> str | None:
+    """The parent run of an Optuna ``study`` that another worker created: its user attribute
+    :data:`ATTR_PARENT_RUN_ID`, once the creating worker has set it (polled for up to ``wait``
+    seconds), if that run is in this sweep's tracking store (``settings``: :func:`sweep_settings`).
+
+    Only the worker that creates the study opens a new parent run; the others continue it.
+    Without this, workers that start together could each find no parent in MLflow and each
+    create one, and ``vaesweep report`` (which reads one parent) would miss the other's trials.
+    None when the study never had one (made by an older vaesweep) or the run is not in this
+    store: the caller then looks the parent up by its tags. Raises nothing of its own."""
+    import time
+
+    deadline = time.monotonic() + wait
+    while True:
+        run_id = study.user_attrs.get(ATTR_PARENT_RUN_ID)
+        if run_id or time.monotonic() >= deadline:
+            break
+        time.sleep(poll)
+    if not run_id:
+        log.warning("The study %r names no MLflow parent run after %.0f s: looking it up by "
+                    "its tags", study.study_name, wait)
+        return None
+    try:
+        client = MlflowClient(tracking_uri=settings["uri"])
+        exp = client.get_experiment_by_name(settings["experiment"])
+        same = exp is not None and client.get_run(run_id).info.experiment_id == exp.experiment_id
+    except Exception:  # another store (tracking.uri changed since), or the run was deleted
+        same = False
+    return str(run_id) if same else None
+
+
 def open_parent(uri: str, experiment: str, sweep: str, study: str | None,
-                resume: bool) -> TrackedRun:
-    """The sweep's parent run: the existing one of a resumed study, or a new one."""
+                resume: bool, run_id: str | None = None) -> TrackedRun:
+    """The sweep's parent run: run ``run_id`` when given (the study's own, see
+    :func:`study_parent`), else the existing one of a resumed study, else a new one."""
     client = MlflowClient(tracking_uri=uri)
-    run_id = find_parent(client, experiment, sweep, study) if resume else None
+    if run_id is None and resume:
+        run_id = find_parent(client, experiment, sweep, study)
     tags = {TAG_ROLE: "parent", TAG_SWEEP: sweep, TAG_COMMIT: git_commit(),
             TAG_HOST: socket.gethostname()}
     if study:

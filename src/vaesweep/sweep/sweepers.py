@@ -34,8 +34,9 @@ from vaesweep.sweep.compat import BasicSweeper, OptunaSweeperImpl, create_params
 from vaesweep.job.checks import validate_job
 from vaesweep.sweep.objectives import name_objectives
 from vaesweep.sweep.best import best_trials, summary_rows
-from vaesweep.sweep.parent import (InjectingLauncher, grid_note, job_overrides, open_parent,
-                                   study_note, sweep_settings)
+from vaesweep.sweep.parent import (ATTR_PARENT_RUN_ID, InjectingLauncher, grid_note,
+                                   job_overrides, open_parent, study_note, study_parent,
+                                   sweep_settings)
 from vaesweep.sweep.progress import sweep_progress
 from vaesweep.sweep.trial import storage
 from vaesweep.tracking.run import check_store, creation_lock, set_note, store_error
@@ -152,7 +153,8 @@ def next_design_point(study: optuna.Study, design: Sequence[dict]) -> dict | Non
     """The first point of ``design`` that no finished or running trial of the study holds (a
     failed one is run again), or None when all are held: the sampler draws the trials past
     the design. A point is given to its trial as the trial is created, so no trial waits in
-    the study for a worker (an enqueued one could, when workers start together). Workers
+    the study for a worker (an enqueued one could, when workers start together). The sweep
+    holds an flock on an SQLite study while it picks and asks; workers on a database server
     that ask at the same moment may run one point twice."""
     S = optuna.trial.TrialState
     held = [t.params or t.system_attrs.get("fixed_params", {}) for t in
@@ -216,11 +218,11 @@ class _ParentMixin:
     def _wrap_launcher(self) -> None:
         self.launcher = InjectingLauncher(self.launcher, [])
 
-    def _open_parent(self, study: str | None, resume: bool):
+    def _open_parent(self, study: str | None, resume: bool, run_id: str | None = None):
         s = sweep_settings(self.config)
         self.sweep_name = s["sweep"]
         close_stale_runs(s["uri"], s["experiment"], s["sweep"])
-        parent = open_parent(s["uri"], s["experiment"], s["sweep"], study, resume)
+        parent = open_parent(s["uri"], s["experiment"], s["sweep"], study, resume, run_id)
         self.launcher.extra = job_overrides(self.config, parent.run_id)
         return parent
 
@@ -303,10 +305,11 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
         self._check_storage()
         self._check_tracking()
         study = self._load_study(directions, names)
-        with self._open_parent(study_name, resume=True) as parent, sweep_progress(
+        joined = None if self.created_study else study_parent(study, sweep_settings(self.config))
+        with self._open_parent(study_name, resume=True, run_id=joined) as parent, sweep_progress(
                 self.config, study_name, self.n_trials,
                 done=lambda: len(study.get_trials(deepcopy=False, states=FINISHED))):
-            study.set_user_attr("mlflow_parent_run_id", parent.run_id)
+            study.set_user_attr(ATTR_PARENT_RUN_ID, parent.run_id)
             self.design = design
             self._say_if_done(study)
             self._optimize(study, arguments, directions, names)
@@ -402,10 +405,18 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
             for attempt in range(4):
                 try:
                     with creation_lock(self.storage or ""):  # workers starting together: SQLite
-                        study = optuna.create_study(
-                            study_name=self.study_name, storage=storage(self.storage),
-                            sampler=self.sampler, pruner=self.pruner,
-                            directions=list(directions), load_if_exists=True)
+                        try:  # exactly one worker creates the study: it opens the parent run
+                            study = optuna.create_study(
+                                study_name=self.study_name, storage=storage(self.storage),
+                                sampler=self.sampler, pruner=self.pruner,
+                                directions=list(directions))
+                            self.created_study = True
+                        except optuna.exceptions.DuplicatedStudyError:
+                            log.info("Using the existing study %r", self.study_name)
+                            study = optuna.load_study(
+                                study_name=self.study_name, storage=storage(self.storage),
+                                sampler=self.sampler, pruner=self.pruner)
+                            self.created_study = False
                     break
                 except Exception as e:  # a database server: another worker created the tables
                     race = ("already exists" in str(e) or "duplicate key" in str(e)
@@ -450,15 +461,24 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
         me = owner()
         failures = in_a_row = 0
         while True:
-            done = len(study.get_trials(deepcopy=False, states=FINISHED))
-            running = len(study.get_trials(deepcopy=False,
-                                           states=(optuna.trial.TrialState.RUNNING,)))
-            to_go = self.n_trials - done - running
-            if to_go <= 0:
-                break
-            trials = [ask_owned(study, me, self.design) for _ in range(min(to_go, self.n_jobs))]
+            # count, pick design points and ask as one step for the workers of this machine:
+            # on SQLite an flock on the study's file, so workers that ask at the same moment
+            # neither start more than n_trials nor run one design point twice (a database
+            # server has no such lock: see next_design_point)
+            with creation_lock(self.storage or ""):
+                done = len(study.get_trials(deepcopy=False, states=FINISHED))
+                running = len(study.get_trials(deepcopy=False,
+                                               states=(optuna.trial.TrialState.RUNNING,)))
+                to_go = self.n_trials - done - running
+                if to_go <= 0:
+                    break
+                trials = [ask_owned(study, me, self.design)
+                          for _ in range(min(to_go, self.n_jobs))]
             overrides = self._configure_trials(trials, space, fixed, fixed_overrides)
-            self.launcher.per_job = [[f"study.trial={t.number}"] for t in trials]
+            # a trial's folder is named by its number, which is unique in the study: workers
+            # that start in the same second share a sweep folder, and their job numbers repeat
+            self.launcher.per_job = [[f"study.trial={t.number}", f"hydra.sweep.subdir={t.number}"]
+                                     for t in trials]
             try:
                 returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
             except BaseException as e:  # Ctrl-C, SIGTERM: the trials end with the sweep

@@ -70,10 +70,11 @@ def store_error(uri: str, e: BaseException, key: tuple[str, str] = TRACKING) -> 
 
 @contextlib.contextmanager
 def creation_lock(uri: str) -> Iterator[None]:
-    """Serialises, between the processes of this machine, the creation of an SQLite database's
-    tables: workers that start together otherwise run MLflow's (or Optuna's) migrations at once,
-    and all but one fail. An flock on the database file itself: SQLite's own locks are POSIX
-    record locks, which flocks do not touch."""
+    """Serialises, between the processes of this machine, a step on an SQLite database: the
+    creation of its tables (workers that start together otherwise run MLflow's or Optuna's
+    migrations at once, and all but one fail), and a sweep's count-and-ask of its next trials.
+    An flock on the database file itself: SQLite's own locks are POSIX record locks, which
+    flocks do not touch. Other stores: no lock."""
     path = sqlite_path(uri)
     if path is None:
         yield
