@@ -369,6 +369,19 @@ def _run(study: optuna.Study, design, state=optuna.trial.TrialState.COMPLETE) ->
     return study.trials[t.number].params
 
 
+def test_a_point_whose_trial_has_written_only_some_params_is_still_held():
+    """Another worker writes its trial's params one by one after asking: while only some are
+    written, its point is still held (else four workers on SQLite could run one point twice)."""
+    from vaesweep.sweep.sweepers import ask_owned, check_design, next_design_point
+    design = check_design(OmegaConf.create(DESIGN), SPACE)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    a = ask_owned(study, {}, design)
+    key = next(iter(SPACE))
+    a._suggest(key, SPACE[key])  # one of its two params written
+    assert study.trials[a.number].params == {key: DESIGN[0][key]}
+    assert next_design_point(study, design) == DESIGN[1]
+
+
 def test_a_designed_study_runs_its_points_first_and_a_resume_runs_only_the_missing():
     from vaesweep.sweep.sweepers import ask_owned, check_design
     design = check_design(OmegaConf.create(DESIGN), SPACE)

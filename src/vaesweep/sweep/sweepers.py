@@ -157,7 +157,9 @@ def next_design_point(study: optuna.Study, design: Sequence[dict]) -> dict | Non
     holds an flock on an SQLite study while it picks and asks; workers on a database server
     that ask at the same moment may run one point twice."""
     S = optuna.trial.TrialState
-    held = [t.params or t.system_attrs.get("fixed_params", {}) for t in
+    # the point a trial was given, before the params it has written so far: another worker
+    # writes its trial's params one by one after asking, so they can be partial here
+    held = [t.system_attrs.get("fixed_params") or t.params for t in
             study.get_trials(deepcopy=False, states=(*FINISHED, S.RUNNING))]
 
     def same(a: dict, b: dict) -> bool:
@@ -466,10 +468,9 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
             # neither start more than n_trials nor run one design point twice (a database
             # server has no such lock: see next_design_point)
             with creation_lock(self.storage or ""):
-                done = len(study.get_trials(deepcopy=False, states=FINISHED))
-                running = len(study.get_trials(deepcopy=False,
-                                               states=(optuna.trial.TrialState.RUNNING,)))
-                to_go = self.n_trials - done - running
+                # one read: a trial that finishes between two reads would be in neither count
+                to_go = self.n_trials - len(study.get_trials(
+                    deepcopy=False, states=(*FINISHED, optuna.trial.TrialState.RUNNING)))
                 if to_go <= 0:
                     break
                 trials = [ask_owned(study, me, self.design)
