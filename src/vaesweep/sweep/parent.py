@@ -9,12 +9,13 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from typing import Any, Mapping, Sequence
 
 from mlflow.tracking import MlflowClient
 
-from vaesweep.contract import (ATTR_PARENT_RUN_ID, ATTR_RUN_ID, DEFAULT_TRACKING_URI, TAG_COMMIT, TAG_HOST, TAG_ROLE,
-                               TAG_STUDY, TAG_SWEEP, absolute_sqlite)
+from vaesweep.contract import (ATTR_PARENT_RUN_ID, ATTR_RUN_ID, DEFAULT_TRACKING_URI, TAG_COMMIT,
+                               TAG_HOST, TAG_ROLE, TAG_STUDY, TAG_SWEEP, absolute_sqlite)
 from vaesweep.sweep.best import best_trials
 from vaesweep.sweep.progress import current
 from vaesweep.tracking import TrackedRun, git_commit
@@ -50,8 +51,6 @@ def study_parent(study: Any, settings: Mapping[str, Any], wait: float = PARENT_W
     create one, and ``vaesweep report`` (which reads one parent) would miss the other's trials.
     None when the study never had one (made by an older vaesweep) or the run is not in this
     store: the caller then looks the parent up by its tags. Raises nothing of its own."""
-    import time
-
     deadline = time.monotonic() + wait
     while True:
         run_id = study.user_attrs.get(ATTR_PARENT_RUN_ID)

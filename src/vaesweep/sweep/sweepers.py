@@ -306,8 +306,8 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
                               swept=list(space))
         self._check_storage()
         self._check_tracking()
-        study = self._load_study(directions, names)
-        joined = None if self.created_study else study_parent(study, sweep_settings(self.config))
+        study, created = self._load_study(directions, names)
+        joined = None if created else study_parent(study, sweep_settings(self.config))
         with self._open_parent(study_name, resume=True, run_id=joined) as parent, sweep_progress(
                 self.config, study_name, self.n_trials,
                 done=lambda: len(study.get_trials(deepcopy=False, states=FINISHED))):
@@ -399,7 +399,10 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
             raise ConfigError(key[0], self.storage, key[1])
         check_store(self.storage, key)
 
-    def _load_study(self, directions: Sequence[str], names: Sequence[str]) -> optuna.Study:
+    def _load_study(self, directions: Sequence[str],
+                    names: Sequence[str]) -> tuple[optuna.Study, bool]:
+        """The sweep's study, and whether this worker created it (exactly one worker does: it
+        opens the study's parent run)."""
         import random
         import time
 
@@ -407,18 +410,18 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
             for attempt in range(4):
                 try:
                     with creation_lock(self.storage or ""):  # workers starting together: SQLite
-                        try:  # exactly one worker creates the study: it opens the parent run
+                        try:  # exactly one worker creates the study
                             study = optuna.create_study(
                                 study_name=self.study_name, storage=storage(self.storage),
                                 sampler=self.sampler, pruner=self.pruner,
                                 directions=list(directions))
-                            self.created_study = True
+                            created = True
                         except optuna.exceptions.DuplicatedStudyError:
                             log.info("Using the existing study %r", self.study_name)
                             study = optuna.load_study(
                                 study_name=self.study_name, storage=storage(self.storage),
                                 sampler=self.sampler, pruner=self.pruner)
-                            self.created_study = False
+                            created = False
                     break
                 except Exception as e:  # a database server: another worker created the tables
                     race = ("already exists" in str(e) or "duplicate key" in str(e)
@@ -445,7 +448,7 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
         if old is None:
             study.set_user_attr("objectives", list(names))
         name_objectives(study, names)
-        return study
+        return study, created
 
     def _say_if_done(self, study: optuna.Study) -> None:
         """A rerun of a finished study has nothing to run: it says so, and the sweep only

@@ -217,13 +217,12 @@ class TrackedRun:
                 self._params = dict(run.data.params)
                 # a continued run: now owned by this process, its old error kept aside
                 resumes = int(run.data.tags.get(TAG_RESUMES, 0)) + 1
-                new_tags = {TAG_RESUMES: resumes}
-                if TAG_ERROR in run.data.tags:
-                    new_tags[TAG_PREVIOUS_ERROR] = run.data.tags[TAG_ERROR]
+                old_error = run.data.tags.get(TAG_ERROR)
+                kept = {TAG_PREVIOUS_ERROR: old_error} if old_error is not None else {}
                 # the workers of one study continue its parent run together: race-safe writes
-                set_tags(self.client, run_id,
-                         {**new_tags, **owner(), **source_tags(), **(tags or {})})
-                if TAG_ERROR in run.data.tags:
+                set_tags(self.client, run_id, {TAG_RESUMES: resumes, **kept, **owner(),
+                                               **source_tags(), **(tags or {})})
+                if old_error is not None:
                     delete_tag(self.client, run_id, TAG_ERROR)
                 self.client.update_run(run_id, status="RUNNING")
         except Exception as e:
