@@ -447,3 +447,51 @@ def test_ctrl_c_during_a_sweep_kills_its_runs_and_fails_the_trial(tmp_path):
     assert all(r.info.run_id in line for r in runs), line
     (trial,) = load(f"sqlite:///{tmp_path}/optuna.db").trials
     assert trial.state == S.FAIL and trial.user_attrs["fail_reason"] == "interrupted by SIGINT"
+
+
+@pytest.mark.parametrize("defer", [True, False], ids=["deferred", "raised-inside"])
+def test_a_stop_inside_a_store_write_waits_for_the_write_and_the_run_is_killed(tmp_path, monkeypatch, defer):
+    """Ctrl-C arriving while MLflow's SQLite store is inside a transaction (in CI the sweep's
+    stop landed in Lightning's log_metrics): the write completes, then the job stops and its
+    run is KILLED. Raised inside the transaction, the stop left the database file locked by a
+    connection its traceback kept alive; marking the run KILLED then failed on the 20 s busy
+    timeout, and the run stayed RUNNING. ``raised-inside``: a store call that outlasts the
+    deferral gets the stop inside it after all; the write is lost, the run is still KILLED."""
+    from sqlalchemy import event
+
+    import vaesweep.tracking.run as tracking_run
+    if not defer:
+        monkeypatch.setattr(tracking_run, "STOP_DEFER_S", 0.0)
+
+    from vaesweep.errors import Interrupted
+    from vaesweep.tracking import TrackedRun
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    fired = []
+
+    def stop_mid_transaction(conn, cursor, statement, *args):  # inside SQLAlchemy's try
+        # the latest-metrics query comes after the metric's INSERT, in the same transaction
+        if not fired and statement.lstrip().startswith("SELECT") and "latest_metrics" in statement:
+            fired.append(statement)
+            signal.raise_signal(signal.SIGINT)
+
+    with pytest.raises(Interrupted) as stopped:
+        with TrackedRun(uri, "vaesweep") as run:
+            run.log_metrics({"loss": 2.0}, step=0)  # a latest value to update: a write lock
+            engine = run.client._tracking_client.store.engine
+            event.listen(engine, "after_cursor_execute", stop_mid_transaction)
+            try:
+                run.log_metrics({"loss": 1.0}, step=1)
+                time.sleep(30)  # the stop lands here, once the write has returned
+            finally:
+                event.remove(engine, "after_cursor_execute", stop_mid_transaction)
+    assert fired, "the store never ran the latest-metrics query"
+    assert stopped.value.killed_runs == [run.run_id]
+    got = MlflowClient(uri).get_run(run.run_id)
+    assert got.info.status == "KILLED", got.data.tags
+    history = MlflowClient(uri).get_metric_history(run.run_id, "loss")
+    if defer:  # the write the stop landed in was committed
+        assert got.data.metrics == {"loss": 1.0}
+        assert sorted((m.step, m.value) for m in history) == [(0, 2.0), (1, 1.0)]
+    else:  # rolled back whole
+        assert got.data.metrics == {"loss": 2.0}
+        assert [(m.step, m.value) for m in history] == [(0, 2.0)]
