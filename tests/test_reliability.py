@@ -449,6 +449,49 @@ def test_ctrl_c_during_a_sweep_kills_its_runs_and_fails_the_trial(tmp_path):
     assert trial.state == S.FAIL and trial.user_attrs["fail_reason"] == "interrupted by SIGINT"
 
 
+@pytest.mark.parametrize("db,statement", [("mlflow.db", "CREATE TABLE _alembic_tmp_"),
+                                          ("optuna.db", "INSERT INTO studies")],
+                         ids=["mlflow-tables", "study-created"])
+def test_ctrl_c_at_a_sweep_s_first_start_leaves_stores_the_next_start_uses(workdir, db, statement):
+    """Ctrl-C on a folder's first sweep, ``mlflow-tables``: while MLflow creates its tables (a
+    second or so); ``study-created``: as the Optuna study is created, before the study names
+    its parent run. The job stops with its one line and exit code 130, and the next start
+    goes on at once. Before, the first left a half-built mlflow.db that every later start
+    refused ("table ... already exists"), the second a study without its parent run, for
+    which the next start waited 60 s (a new user's helper: 10 of 15 and 9 of 12 tries)."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    from vaesweep.sweep.parent import ATTR_PARENT_RUN_ID
+    fired = []
+
+    def stop_there(conn, cursor, sql, *args):
+        # mlflow-tables: a table that one of MLflow's later migrations rebuilds
+        if not fired and sql.lstrip().startswith(statement) and str(conn.engine.url.database).endswith(db):
+            fired.append(sql)
+            signal.raise_signal(signal.SIGINT)
+
+    args = ["-m", "+sweep=quick", *FAST, "hydra.sweeper.n_trials=1"]
+    event.listen(Engine, "after_cursor_execute", stop_there)
+    try:
+        code, err = vaesweep(args)
+    finally:
+        event.remove(Engine, "after_cursor_execute", stop_there)
+    assert fired, f"no {statement} on {db}"
+    assert code == 128 + signal.SIGINT, err[-3000:]  # a stop, whatever it landed in
+    assert err.strip().splitlines()[-1].startswith("vaesweep: interrupted by SIGINT"), err[-3000:]
+    uri = f"sqlite:///{workdir}/mlflow.db"
+    if db == "optuna.db":  # the study was created, and names the parent run it got
+        parent = load(f"sqlite:///{workdir}/optuna.db").user_attrs[ATTR_PARENT_RUN_ID]
+        assert MlflowClient(uri).get_run(parent).info.status == "KILLED"
+    code, err = vaesweep(args)  # the next start: the same stores, whole
+    assert code == 0, err[-3000:]
+    assert "names no MLflow parent run" not in err
+    # the stop may have landed in a first trial (KILLED); the next start's trial finishes
+    trials = [r.info.status for r in search_runs(uri) if r.data.tags.get("vaesweep.trial")]
+    assert "FINISHED" in trials and set(trials) <= {"FINISHED", "KILLED"}, trials
+
+
 @pytest.mark.parametrize("defer", [True, False], ids=["deferred", "raised-inside"])
 def test_a_stop_inside_a_store_write_waits_for_the_write_and_the_run_is_killed(tmp_path, monkeypatch, defer):
     """Ctrl-C arriving while MLflow's SQLite store is inside a transaction (in CI the sweep's
@@ -459,9 +502,9 @@ def test_a_stop_inside_a_store_write_waits_for_the_write_and_the_run_is_killed(t
     deferral gets the stop inside it after all; the write is lost, the run is still KILLED."""
     from sqlalchemy import event
 
-    import vaesweep.tracking.run as tracking_run
+    import vaesweep.stops
     if not defer:
-        monkeypatch.setattr(tracking_run, "STOP_DEFER_S", 0.0)
+        monkeypatch.setattr(vaesweep.stops, "STOP_DEFER_S", 0.0)
 
     from vaesweep.errors import Interrupted
     from vaesweep.tracking import TrackedRun

@@ -9,6 +9,7 @@ from typing import Any, NoReturn
 
 from vaesweep.contract import conf_dir
 from vaesweep.errors import VaesweepError, stop_signal
+from vaesweep.stops import catching_stops
 
 log = logging.getLogger("vaesweep")
 
@@ -155,6 +156,14 @@ SUBCOMMANDS: dict[str, str] = {
 
 
 def main(argv: list[str] | None = None) -> Any:
+    """``vaesweep [subcommand] ARGS``. Ctrl-C and SIGTERM stop it with one line and exit code
+    128 + the signal, at any point: never inside a store write or MLflow's table creation
+    (:mod:`vaesweep.stops`)."""
+    with catching_stops():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> Any:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in SUBCOMMANDS:
         import importlib

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vaesweep.cli import fail
 from vaesweep.contract import ATTR_FAIL_REASON, ATTR_PRUNED_REASON, TAG_HOST, TAG_PID, TAG_PID_START
+from vaesweep import stops
 from vaesweep.errors import ConfigError, VaesweepError, number, stop_signal
 from vaesweep.job.faults import machine_fault
 from vaesweep.sweep import compat
@@ -306,17 +307,23 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
                               swept=list(space))
         self._check_storage()
         self._check_tracking()
-        study, created = self._load_study(directions, names)
-        joined = None if created else study_parent(study, sweep_settings(self.config))
-        with self._open_parent(study_name, resume=True, run_id=joined) as parent, sweep_progress(
-                self.config, study_name, self.n_trials,
-                done=lambda: len(study.get_trials(deepcopy=False, states=FINISHED))):
-            study.set_user_attr(ATTR_PARENT_RUN_ID, parent.run_id)
-            self.design = design
-            self._say_if_done(study)
-            self._optimize(study, arguments, directions, names)
-            self._summarise(study, parent, names)
-            set_note(parent.client, parent.run_id, study_note(study, names, self.n_trials))
+        # the worker that creates the study names its parent run in it before a stop is
+        # raised: else the next worker would wait for a parent that never comes
+        with stops.held() as hold:
+            study, created = self._load_study(directions, names)
+            if not created:
+                hold.release()
+            joined = None if created else study_parent(study, sweep_settings(self.config))
+            with self._open_parent(study_name, resume=True, run_id=joined) as parent, \
+                    sweep_progress(self.config, study_name, self.n_trials, done=lambda: len(
+                        study.get_trials(deepcopy=False, states=FINISHED))):
+                study.set_user_attr(ATTR_PARENT_RUN_ID, parent.run_id)
+                hold.release()
+                self.design = design
+                self._say_if_done(study)
+                self._optimize(study, arguments, directions, names)
+                self._summarise(study, parent, names)
+                set_note(parent.client, parent.run_id, study_note(study, names, self.n_trials))
 
     def _check_optuna_settings(self, directions: Sequence[str], space: dict, fixed: dict,
                                fixed_overrides: list) -> None:

@@ -2,19 +2,16 @@
 
 A :class:`TrackedRun` creates the run (or continues an existing one), logs the flattened
 resolved config as dotted params and ``config.yaml``, and on exit marks the run FINISHED,
-FAILED (an exception) or KILLED (Ctrl-C / SIGTERM). A stop signal that arrives inside a
-tracking or Optuna store call is raised once the call has returned (:data:`STORE_MODULES`).
+FAILED (an exception) or KILLED (Ctrl-C / SIGTERM; :mod:`vaesweep.stops`: never raised
+inside a store call).
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
-import signal
 import subprocess
-import threading
 import time
-import traceback
 from pathlib import Path
 from urllib.parse import urlparse
 from typing import Any, Iterable, Iterator, Mapping
@@ -22,6 +19,7 @@ from typing import Any, Iterable, Iterator, Mapping
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
+from vaesweep import stops
 from vaesweep.errors import ConfigError, Interrupted  # Interrupted: re-exported, its old home
 from vaesweep.tracking.stale import owner
 from vaesweep.tracking.tags import delete_tag, set_tags
@@ -195,53 +193,6 @@ def set_note(client: MlflowClient, run_id: str, markdown: str) -> None:
     set_tags(client, run_id, {MLFLOW_RUN_NOTE: markdown})
 
 
-#: the signals that stop a run (the user stopping it): KILLED, not FAILED. Ctrl-C is SIGINT;
-#: without this handler Lightning turns a KeyboardInterrupt into ``sys.exit(1)``, a FAILED run.
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-#: modules whose frames may hold a database transaction or a connection-pool lock. A stop
-#: raised inside one of them leaves the transaction open in a connection that the
-#: exception's traceback keeps alive: on SQLite the store's file stays locked, and marking
-#: the run KILLED then waits out MLflow's 20 s busy timeout and fails (the run stays RUNNING).
-STORE_MODULES = ("sqlalchemy", "sqlite3", "psycopg", "psycopg2", "pymysql", "alembic",
-                 "mlflow.store", "optuna.storages")
-#: a stop that lands in a store call is raised when the call has returned: the signal is
-#: looked at again every STOP_RECHECK_S, and raised wherever it lands after STOP_DEFER_S
-#: (a call that hangs on another process's lock must not keep the job from stopping)
-STOP_RECHECK_S = 0.05
-STOP_DEFER_S = 5.0
-
-
-def in_store_call(frame: Any) -> bool:
-    """Whether ``frame`` or one of its callers runs code of :data:`STORE_MODULES`."""
-    while frame is not None:
-        name = frame.f_globals.get("__name__") or ""
-        if any(name == m or name.startswith(m + ".") for m in STORE_MODULES):
-            return True
-        frame = frame.f_back
-    return False
-
-
-def release_frames(exc: BaseException) -> None:
-    """Clears the locals of the finished frames that ``exc`` (and the exceptions it arose
-    from) passed through. A stop raised inside a store call after all (one that took longer
-    than :data:`STOP_DEFER_S`) leaves its open transaction in a database connection that only
-    those frames still hold: cleared, the connection closes and its lock is released."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        traceback.clear_frames(exc.__traceback__)
-        exc = exc.__context__
-
-
-def _send_again(signum: int) -> None:
-    """Delivers ``signum`` to the main thread once more, :data:`STOP_RECHECK_S` from now."""
-    main = threading.main_thread().ident
-    timer = threading.Timer(STOP_RECHECK_S, signal.pthread_kill, (main, signum))
-    timer.daemon = True
-    timer.start()
-
-
 class TrackedRun:
     """Context manager around one MLflow run (see module docstring)."""
 
@@ -279,29 +230,13 @@ class TrackedRun:
         self._old_handlers: dict[int, Any] = {}
 
     def __enter__(self) -> "TrackedRun":
-        first: dict[int, float] = {}  # signal -> when it first arrived, while it is deferred
-
-        def on_stop(signum: int, frame: Any) -> None:
-            # raised at once, unless inside a tracking/optuna store call: then as soon as the
-            # call has returned (its transaction committed, its connection back in the pool)
-            since = first.setdefault(signum, time.monotonic())
-            if in_store_call(frame) and time.monotonic() - since < STOP_DEFER_S:
-                _send_again(signum)
-                return
-            first.clear()
-            raise Interrupted(signum)
-        try:
-            for sig in STOP_SIGNALS:
-                self._old_handlers[sig] = signal.signal(sig, on_stop)
-        except ValueError:  # not the main thread (e.g. a joblib worker thread)
-            self._old_handlers = {}
+        self._old_handlers = stops.install()  # a stop is raised, outside store calls
         return self
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
-        for sig, handler in self._old_handlers.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        stops.restore(self._old_handlers)
         if exc is not None and not isinstance(exc, Exception):  # a stop, raised anywhere
-            release_frames(exc)
+            stops.release_frames(exc)
         if exc_type is None:
             status = "FINISHED"
         elif exc_type.__name__ == "TrialPruned":  # optuna's: stopped early on purpose
