@@ -14,9 +14,10 @@ A stop raised inside such a call can break what it was writing:
   another error (Hydra's config source: ``UnboundLocalError: ... 'f'``; a half-updated node:
   a ConfigCompositionException), exit code 1 and the parent run FAILED.
 
-So a stop that arrives while any frame of :data:`DEFER_IN` is on the stack is sent again every
-:data:`STOP_RECHECK_S` and raised once that call has returned (also inside :func:`held`); after :data:`STOP_DEFER_S` it is
-raised wherever it lands (a call stuck on another process's lock must not keep the job alive).
+So a stop that arrives while any frame of :data:`DEFER_IN` is on the stack (or inside a
+:class:`held` block) is sent again every :data:`STOP_RECHECK_S` and raised once that call has
+returned; after :data:`STOP_DEFER_S` it is raised wherever it lands (a call stuck on another
+process's lock must not keep the job alive).
 :func:`catching_stops` installs the handler for the whole CLI command; each
 :class:`vaesweep.tracking.TrackedRun` installs it again while its run is open. Light on imports
 (the CLI installs it before Hydra, MLflow or torch are imported).
@@ -126,7 +127,7 @@ def stop_handler() -> Any:
 
 def install() -> dict[int, Any]:
     """Installs :func:`stop_handler` for :data:`STOP_SIGNALS`; returns the handlers it
-    replaced (for :func:`restore`), or ``{}`` outside the main thread, where Python allows
+    replaced (for :func:`leave`), or ``{}`` outside the main thread, where Python allows
     no signal handler (e.g. a joblib worker thread)."""
     handler, old = stop_handler(), {}
     try:
@@ -137,22 +138,24 @@ def install() -> dict[int, Any]:
     return old
 
 
-def restore(old: dict[int, Any]) -> None:
-    """Puts back the handlers :func:`install` replaced."""
+def leave(old: dict[int, Any], exc: BaseException | None) -> None:
+    """Puts back the handlers :func:`install` replaced; when the block is left by a stop
+    (``exc`` not an Exception: Interrupted, KeyboardInterrupt, SystemExit), releases the
+    frames it passed through (:func:`release_frames`)."""
     for sig, handler in old.items():
         signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+    if exc is not None and not isinstance(exc, Exception):
+        release_frames(exc)
 
 
 @contextlib.contextmanager
 def catching_stops() -> Iterator[None]:
-    """The block runs with :func:`stop_handler` installed; a stop leaving it has its frames
-    released (:func:`release_frames`)."""
-    old = install()
+    """The block runs with :func:`stop_handler` installed (:func:`install`, :func:`leave`)."""
+    old, exc = install(), None
     try:
         yield
     except BaseException as e:
-        if not isinstance(e, Exception):
-            release_frames(e)
+        exc = e
         raise
     finally:
-        restore(old)
+        leave(old, exc)

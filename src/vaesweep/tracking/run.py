@@ -234,9 +234,7 @@ class TrackedRun:
         return self
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
-        stops.restore(self._old_handlers)
-        if exc is not None and not isinstance(exc, Exception):  # a stop, raised anywhere
-            stops.release_frames(exc)
+        stops.leave(self._old_handlers, exc)  # a stop: its frames released, locks with them
         if exc_type is None:
             status = "FINISHED"
         elif exc_type.__name__ == "TrialPruned":  # optuna's: stopped early on purpose
