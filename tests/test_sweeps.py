@@ -251,7 +251,7 @@ def test_read_commands_create_no_store(tmp_path, monkeypatch, capsys):
     """`best` and `reproduce` in a folder without stores: one error, and no empty optuna.db or
     mlflow.db left behind (a read must not write)."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # MLflow sets it in-process
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the default store reads it
     code, _, err = _cli(["best", "quick"], capsys)
     assert code == 2 and "--storage='sqlite:///optuna.db'" in err and "does not exist" in err, err
     code, _, err = _cli(["reproduce", "0123456789abcdef0123456789abcdef"], capsys)

@@ -98,3 +98,39 @@ def test_bad_input_is_one_clear_error_and_no_run(tmp_path, overrides, needle):
     if db.exists():
         runs = search_runs(f"sqlite:///{db}")
         assert runs == []
+
+
+def test_a_job_leaves_the_process_settings_as_they_were(tmp_path, monkeypatch):
+    """Lightning's MLFlowLogger sets the process's tracking URI and $MLFLOW_TRACKING_URI,
+    which the config's default store reads: a second job composed in the same process, in
+    another folder, logged into the first job's store (CI: after the first folder was
+    deleted, the second job failed on a read-only database). ``threads`` stayed set too."""
+    import os
+
+    from vaesweep.train import run_job
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("VAESWEEP_DATA", str(tmp_path / "data"))
+    threads = torch.get_num_threads()
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        monkeypatch.chdir(tmp_path / name)
+        run_job(compose([*SMOKE, "metrics.enabled=false", "trainer.enable_progress_bar=false",
+                         f"threads={threads + 1}"]))
+        assert "MLFLOW_TRACKING_URI" not in os.environ
+        assert torch.get_num_threads() == threads
+    for name in ("a", "b"):
+        assert len(search_runs(f"sqlite:///{tmp_path / name}/mlflow.db")) == 1, name
+
+
+def test_process_tracking_uri_kept_puts_back_a_user_s_setting(monkeypatch):
+    import os
+
+    import mlflow
+
+    from vaesweep.tracking import process_tracking_uri_kept
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///mine.db")
+    with process_tracking_uri_kept():
+        mlflow.set_tracking_uri("sqlite:///the-job-s.db")
+        assert os.environ["MLFLOW_TRACKING_URI"] == "sqlite:///the-job-s.db"
+    assert os.environ["MLFLOW_TRACKING_URI"] == "sqlite:///mine.db"
+    assert mlflow.get_tracking_uri() == "sqlite:///mine.db"

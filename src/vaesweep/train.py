@@ -10,11 +10,12 @@ path), ``resume`` (checkpoints, mid-epoch resume, random state), ``callbacks``, 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import warnings
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import lightning as L
 import numpy as np
@@ -35,7 +36,7 @@ from vaesweep.likelihood.gaussian_optimal import fix_sigma_for_evaluation
 from vaesweep.metrics.evaluate import evaluate_model
 from vaesweep.sweep.progress import job_callbacks
 from vaesweep.sweep.trial import OptunaPruning, open_trial
-from vaesweep.tracking import TrackedRun, flatten, git_commit
+from vaesweep.tracking import TrackedRun, flatten, git_commit, process_tracking_uri_kept
 from vaesweep.tracking.tags import set_tags
 
 __all__ = ["run_job", "validate_job", "objectives", "machine_fault"]
@@ -55,11 +56,23 @@ def run_job(cfg: DictConfig | Mapping[str, Any], tags: Mapping[str, str] | None 
     Returns every final metric by its DESIGN §4 name (floats, D and R in nats per example),
     plus ``_run_id``, the MLflow run's id. Raises :class:`~vaesweep.errors.ConfigError`
     (before anything is written) for a bad config, checkpoint or store; a failure while
-    training marks the run FAILED and propagates."""
-    # 1. config checks, hardware and seed (before anything is built)
+    training marks the run FAILED and propagates.
+
+    The process-wide settings it makes for the job, torch's CPU threads and MLflow's tracking
+    URI (with ``$MLFLOW_TRACKING_URI``), are put back when it returns or raises, so a later
+    job in the same process starts from the same state (a notebook, a script, Hydra's basic
+    launcher)."""
+    # 1. config checks, then the job's process settings (threads; put back afterwards)
     c = resolve(cfg)
     check_job(c)
-    _tune_hardware(c)
+    with _process_settings(c):
+        return _job(c, tags, run_id, extra_callbacks)
+
+
+def _job(c: dict[str, Any], tags: Mapping[str, str] | None, run_id: str | None,
+         extra_callbacks: Sequence[Callback]) -> dict[str, float]:
+    """:func:`run_job`'s steps after the checks, within the job's process settings."""
+    # seed (before anything is built)
     L.seed_everything(int(c.get("seed", 0)), workers=True, verbose=False)
 
     # 2. data, model and the checkpoint to resume from (checked before the run opens)
@@ -133,15 +146,27 @@ def run_job(cfg: DictConfig | Mapping[str, Any], tags: Mapping[str, str] | None 
     return metrics
 
 
-def _tune_hardware(c: Mapping[str, Any]) -> None:
-    """Torch threads and GPU memory share for this job, and glibc's allocator (process-wide)."""
-    threads = cpu_threads(c)
-    if threads:
-        torch.set_num_threads(threads)
+@contextlib.contextmanager
+def _process_settings(c: Mapping[str, Any]) -> Iterator[None]:
+    """The job's process-wide settings. Put back on exit: torch's CPU threads (``threads``, or
+    a parallel launcher's share) and MLflow's tracking URI, which Lightning's MLFlowLogger sets
+    (else a later job composed in this process logged into this job's store). Left as set:
+    glibc's allocator tuning and a parallel launcher's GPU memory share, the same for every
+    job of a launcher's process."""
+    threads = torch.get_num_threads()
+    wanted = cpu_threads(c)
+    if wanted:
+        torch.set_num_threads(wanted)
     tune_allocator()
     share = gpu_memory_share(c)
     if share:
         torch.cuda.set_per_process_memory_fraction(share)
+    try:
+        with process_tracking_uri_kept():
+            yield
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
 
 
 def _open_trial(c: Mapping[str, Any], study: Mapping[str, Any], callbacks: list[Callback]) -> Any:

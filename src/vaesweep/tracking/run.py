@@ -35,6 +35,32 @@ MAX_PARAM = 6000  # MLflow's limit on a param value's length
 SOURCE_NAME = "vaesweep"
 
 
+@contextlib.contextmanager
+def process_tracking_uri_kept() -> Iterator[None]:
+    """Leave the process's MLflow tracking URI as it was on entry: both
+    ``mlflow.set_tracking_uri``'s setting and the ``MLFLOW_TRACKING_URI`` environment variable.
+
+    Lightning's ``MLFlowLogger`` calls ``mlflow.set_tracking_uri(uri)``, which also writes the
+    environment variable for subprocesses, and nothing undoes it. The config's default store
+    reads ``$MLFLOW_TRACKING_URI``, so every later job composed in the same process (a
+    notebook, a script calling :func:`vaesweep.train.run_job` twice, ``vaesweep best`` after a
+    job) logged into the first job's store, whatever its own folder. Restored on any exit,
+    a stop included. Raises nothing of its own."""
+    from mlflow.tracking import set_tracking_uri
+    from mlflow.tracking._tracking_service import utils  # MLflow keeps the setting there
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    uri = getattr(utils, "_tracking_uri", None)
+    try:
+        yield
+    finally:
+        if getattr(utils, "_tracking_uri", None) != uri:
+            set_tracking_uri(uri)  # None unsets it; MLflow resets its trace exporter too
+        if env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env
+
+
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"kl": {"beta_norm": 0.1}}`` -> ``{"kl.beta_norm": 0.1}``; lists stay values."""
     out: dict[str, Any] = {}
