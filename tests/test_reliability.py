@@ -152,8 +152,9 @@ def test_close_stale_runs_touches_only_dead_owners_of_that_sweep(workdir):
 # -- kill -9 of a sweep in the middle of a trial ----------------------------------------------
 @pytest.mark.slow
 def test_sweep_killed_mid_trial_resumes_to_n_trials_and_closes_its_run(tmp_path):
-    # 12 steps: long enough that the trial is still training when the kill lands
-    args = ["-m", "+sweep=quick", *FAST, "trainer.max_steps=12", "hydra.sweeper.n_trials=2"]
+    # 200 steps: the trial trains for about 4 s, while the poll below sees it within about
+    # 0.5 s (at 12 steps it lasted 0.5 s, and a slow poll could miss it)
+    args = ["-m", "+sweep=quick", *FAST, "trainer.max_steps=200", "hydra.sweeper.n_trials=2"]
     uri, storage = f"sqlite:///{tmp_path}/mlflow.db", f"sqlite:///{tmp_path}/optuna.db"
     proc = start(args, tmp_path)
 

@@ -2,8 +2,10 @@
 reproduces exactly; two workers share one study without losing or duplicating trials."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -52,6 +54,19 @@ def _study(cwd: Path) -> optuna.Study:
     return optuna.load_study(study_name="quick", storage=f"sqlite:///{cwd}/optuna.db")
 
 
+def _finished_trials(cwd: Path) -> int:
+    """Finished trials in ``cwd``'s optuna.db, read in milliseconds (loading the study through
+    Optuna takes a second or more on a busy machine: too slow to watch a sweep); 0 while the
+    file or its tables are not there yet, or the sweep holds the lock."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{cwd}/optuna.db?mode=ro", uri=True,
+                                                timeout=0.1)) as db:
+            return db.execute("SELECT COUNT(*) FROM trials WHERE state IN "
+                              "('COMPLETE', 'PRUNED', 'FAIL')").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
 def _children(cwd: Path):
     runs = search_runs(f"sqlite:///{cwd}/mlflow.db")
     return ([r for r in runs if r.data.tags.get("vaesweep.role") != "parent"],
@@ -69,28 +84,26 @@ def test_quick_runs_is_killed_resumes_then_best_and_reproduce(tmp_path):
     # the sampler's draws, not quick's design: after 6 steps the design's first points (one
     # schedule, beta_norm rising) are one run dominating the others, and the Pareto set of
     # `best` is the point here (the design's resume: test_a_designed_study_runs_...)
-    cmd = [sys.executable, "-m", "vaesweep", "-m", "+sweep=quick", *TINY,
-           "hydra.sweeper.n_trials=4", "hydra.sweeper.enqueue=null"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.DEVNULL,
+    # 60 steps: a trial lasts about 1.5 s (at TINY's 6 steps, 0.6 s: all four had finished
+    # before a slow poll saw the second, once in CI)
+    args = ["-m", "+sweep=quick", *TINY, "trainer.max_steps=60", "hydra.sweeper.n_trials=4",
+            "hydra.sweeper.enqueue=null"]
+    proc = subprocess.Popen([sys.executable, "-m", "vaesweep", *args], cwd=tmp_path,
+                            env=_env(tmp_path), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     # kill -9 once two trials have finished: mid-study, and most likely mid-trial
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        try:
-            done = [t for t in _study(tmp_path).trials if t.state.is_finished()]
-        except Exception:
-            done = []
-        if len(done) >= 2:
+        if _finished_trials(tmp_path) >= 2:
             break
-        time.sleep(0.2)
+        time.sleep(0.02)
     assert proc.poll() is None, proc.stderr.read()[-3000:]
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     before = _study(tmp_path).trials
     assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in before) < 4
 
-    res = run_cli(["-m", "+sweep=quick", *TINY, "hydra.sweeper.n_trials=4",
-                   "hydra.sweeper.enqueue=null"], tmp_path)
+    res = run_cli(args, tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     study = _study(tmp_path)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
