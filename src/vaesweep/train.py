@@ -62,7 +62,7 @@ def run_job(cfg: DictConfig | Mapping[str, Any], tags: Mapping[str, str] | None 
     URI (with ``$MLFLOW_TRACKING_URI``), are put back when it returns or raises, so a later
     job in the same process starts from the same state (a notebook, a script, Hydra's basic
     launcher)."""
-    # 1. config checks, then the job's process settings (threads; put back afterwards)
+    # 1. config checks, then the job's process settings (threads, tracking URI; put back after)
     c = resolve(cfg)
     check_job(c)
     with _process_settings(c):
@@ -165,8 +165,7 @@ def _process_settings(c: Mapping[str, Any]) -> Iterator[None]:
         with process_tracking_uri_kept():
             yield
     finally:
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
+        torch.set_num_threads(threads)
 
 
 def _open_trial(c: Mapping[str, Any], study: Mapping[str, Any], callbacks: list[Callback]) -> Any:

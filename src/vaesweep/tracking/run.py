@@ -53,8 +53,7 @@ def process_tracking_uri_kept() -> Iterator[None]:
     try:
         yield
     finally:
-        if getattr(utils, "_tracking_uri", None) != uri:
-            set_tracking_uri(uri)  # None unsets it; MLflow resets its trace exporter too
+        set_tracking_uri(uri)  # a no-op when unchanged; None unsets it
         if env is None:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
