@@ -2,9 +2,12 @@
 
 The sweepers extend Hydra's basic sweeper and the Optuna sweeper plugin, which have no public
 extension API, and they need a few Optuna storage operations that ``optuna.Study`` does not
-offer across processes. Each use is here, with why no public API serves, and
-tests/test_compat.py checks, for the pinned versions below, that each exists and behaves as
-used. Upgrading a pinned package: run that test first; a failure names the internal that moved.
+offer across processes. Each use is here, with why no public API serves. ``INTERNALS`` lists
+every one of them with the parameters vaesweep passes, and tests/test_compat.py checks that each
+exists, is callable and still takes those parameters, then that each behaves as used. A new
+release of Hydra, the sweeper or Optuna that keeps them passes; one that moves, renames or
+re-signs one fails by name (``signature_problems``). ``make test-latest`` runs that check, and
+the whole suite, on the newest releases the ranges in pyproject.toml allow.
 
 Where a public API serves, the sweepers use it instead: ``study.tell(trial, state=...)`` for
 trials of this process, ``trial.set_user_attr`` for live ``optuna.Trial`` objects.
@@ -12,6 +15,7 @@ trials of this process, ``trial.set_user_attr`` for live ``optuna.Trial`` object
 from __future__ import annotations
 
 import datetime
+import inspect
 from typing import Any
 
 import optuna
@@ -28,9 +32,93 @@ from hydra_plugins.hydra_optuna_sweeper._impl import (  # noqa: F401
 
 from vaesweep.contract import ATTR_FAIL_REASON
 
-#: the versions these internals were checked against (pyproject.toml pins hydra to these;
-#: optuna to a range, of which this is the version tested)
-PINNED = {"hydra-core": "1.4.0rc3", "hydra-optuna-sweeper": "1.4.0rc3", "optuna": "5.0.0"}
+def _get(owner: Any, attr: str) -> Any:
+    return getattr(owner, attr, None)  # a missing one is reported by signature_problems
+
+
+#: Each upstream internal used here or by the sweepers (vaesweep.sweep.sweepers), as
+#: ``"owner.name": (the object, the parameters passed, in order)``. ``self`` is left out; a
+#: parameter may gain a default or be followed by new optional ones without breaking a call.
+#: The sweepers also read attributes the base classes set in ``__init__``/``setup`` (config,
+#: launcher, sweep's storage, n_trials, ...); tests/test_sweeps.py drives them end to end.
+_ST = optuna.storages.BaseStorage
+INTERNALS: dict[str, tuple[Any, tuple[str, ...]]] = {
+    "BasicSweeper.__init__": (_get(BasicSweeper, "__init__"), ("max_batch_size", "params")),
+    "BasicSweeper.setup": (_get(BasicSweeper, "setup"),
+                           ("hydra_context", "task_function", "config")),
+    "BasicSweeper._parse_config": (_get(BasicSweeper, "_parse_config"), ()),
+    "BasicSweeper.split_arguments": (_get(BasicSweeper, "split_arguments"),
+                                     ("overrides", "max_batch_size")),
+    "BasicSweeper.get_job_batch": (_get(BasicSweeper, "get_job_batch"), ()),
+    "BasicSweeper.is_done": (_get(BasicSweeper, "is_done"), ()),
+    "BasicSweeper.validate_batch_is_legal": (_get(BasicSweeper, "validate_batch_is_legal"),
+                                             ("batch",)),
+    "OptunaSweeperImpl.__init__": (_get(OptunaSweeperImpl, "__init__"), (
+        "sampler", "direction", "storage", "study_name", "n_trials", "n_jobs",
+        "max_failure_rate", "custom_search_space", "params")),
+    "OptunaSweeperImpl.setup": (_get(OptunaSweeperImpl, "setup"),
+                                ("hydra_context", "task_function", "config")),
+    "OptunaSweeperImpl._get_directions": (_get(OptunaSweeperImpl, "_get_directions"), ()),
+    "OptunaSweeperImpl._process_searchspace_config": (
+        _get(OptunaSweeperImpl, "_process_searchspace_config"), ()),
+    "OptunaSweeperImpl._parse_sweeper_params_config": (
+        _get(OptunaSweeperImpl, "_parse_sweeper_params_config"), ()),
+    "OptunaSweeperImpl._configure_trials": (_get(OptunaSweeperImpl, "_configure_trials"), (
+        "trials", "search_space_distributions", "fixed_params", "fixed_overrides")),
+    "OptunaSweeperImpl._to_grid_sampler_choices": (
+        _get(OptunaSweeperImpl, "_to_grid_sampler_choices"), ("distribution",)),
+    "create_params_from_overrides": (create_params_from_overrides, ("arguments",)),
+    "BaseStorage.get_trial": (_get(_ST, "get_trial"), ("trial_id",)),
+    "BaseStorage.get_trial_id_from_study_id_trial_number": (
+        _get(_ST, "get_trial_id_from_study_id_trial_number"), ("study_id", "trial_number")),
+    "BaseStorage.set_trial_user_attr": (_get(_ST, "set_trial_user_attr"),
+                                        ("trial_id", "key", "value")),
+    "BaseStorage.set_trial_system_attr": (_get(_ST, "set_trial_system_attr"),
+                                          ("trial_id", "key", "value")),
+    "BaseStorage.set_trial_state_values": (_get(_ST, "set_trial_state_values"),
+                                           ("trial_id", "state")),
+    "BaseStorage.create_new_trial": (_get(_ST, "create_new_trial"),
+                                     ("study_id", "template_trial")),
+    "Study._pop_waiting_trial_id": (_get(optuna.Study, "_pop_waiting_trial_id"), ()),
+    "BaseDistribution._contains": (_get(optuna.distributions.BaseDistribution, "_contains"),
+                                   ("param_value_in_internal_repr",)),
+    "Trial.__init__": (_get(optuna.trial.Trial, "__init__"), ("study", "trial_id")),
+    "FrozenTrial.__init__": (_get(optuna.trial.FrozenTrial, "__init__"), (
+        "number", "state", "value", "datetime_start", "datetime_complete", "params",
+        "distributions", "user_attrs", "system_attrs", "intermediate_values", "trial_id")),
+}
+
+
+def signature_problem(name: str, obj: Any, params: tuple[str, ...]) -> str | None:
+    """Why ``obj`` (the internal ``name``) no longer takes ``params`` as vaesweep passes them,
+    or None when it does.
+
+    ``params`` must be the leading parameters after ``self``, in order and by name; any
+    further parameter must have a default (or be ``*args``/``**kwargs``).
+
+    Returns:
+        one line naming the internal, what vaesweep passes and the signature found; None
+    """
+    if obj is None or not callable(obj):
+        return f"{name} is gone or not callable: vaesweep uses it with ({', '.join(params)})"
+    try:
+        sig = inspect.signature(obj)
+    except (TypeError, ValueError) as e:
+        return f"{name}: its signature cannot be read ({e})"
+    found = [p for p in sig.parameters.values() if p.name not in ("self", "cls")]
+    named = [p.name for p in found if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    extra = [p.name for p in found[len(params):]
+             if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.default is p.empty]
+    if named[:len(params)] != list(params) or extra:
+        return (f"{name}{sig} no longer matches how vaesweep calls it: "
+                f"({', '.join(params)})" + (f"; new required {extra}" if extra else ""))
+    return None
+
+
+def signature_problems() -> list[str]:
+    """Every internal of ``INTERNALS`` whose signature moved, one line each (empty when all
+    match)."""
+    return [m for n, (o, ps) in INTERNALS.items() if (m := signature_problem(n, o, ps))]
 
 
 def trial_id(trial: optuna.Trial | optuna.trial.FrozenTrial) -> int:
