@@ -9,11 +9,13 @@ from __future__ import annotations
 import re
 import sys
 
+from packaging.utils import canonicalize_name
+
 PIN = re.compile(r"(?m)^([A-Za-z0-9_.\-]+)==([^\s;\\]+)")
 
 
 def pins(text: str) -> dict[str, str]:
-    return {k.lower().replace("_", "-").replace(".", "-"): v for k, v in PIN.findall(text)}
+    return {canonicalize_name(k): v for k, v in PIN.findall(text)}
 
 
 def main(lock_path: str, freeze_path: str) -> None:
@@ -23,9 +25,8 @@ def main(lock_path: str, freeze_path: str) -> None:
         new = pins(f.read())
     moved = [f"  {k}: {lock[k]} -> {new[k]}" for k in sorted(lock) if k in new and new[k] != lock[k]]
     added = [f"  {k}: {new[k]} (not in the lock)" for k in sorted(set(new) - set(lock))]
-    print("newer than requirements.lock:" if moved or added
+    print("\n".join(["newer than requirements.lock:", *moved, *added]) if moved or added
           else "the newest releases are the locked ones")
-    print("\n".join(moved + added))
 
 
 if __name__ == "__main__":

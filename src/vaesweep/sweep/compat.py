@@ -6,7 +6,7 @@ offer across processes. Each use is here, with why no public API serves. ``INTER
 every one of them with the parameters vaesweep passes, and tests/test_compat.py checks that each
 exists, is callable and still takes those parameters, then that each behaves as used. A new
 release of Hydra, the sweeper or Optuna that keeps them passes; one that moves, renames or
-re-signs one fails by name (``signature_problems``). ``make test-latest`` runs that check, and
+re-signs one fails by name (``signature_problem``). ``make test-latest`` runs that check, and
 the whole suite, on the newest releases the ranges in pyproject.toml allow.
 
 Where a public API serves, the sweepers use it instead: ``study.tell(trial, state=...)`` for
@@ -33,7 +33,7 @@ from hydra_plugins.hydra_optuna_sweeper._impl import (  # noqa: F401
 from vaesweep.contract import ATTR_FAIL_REASON
 
 def _get(owner: Any, attr: str) -> Any:
-    return getattr(owner, attr, None)  # a missing one is reported by signature_problems
+    return getattr(owner, attr, None)  # a missing one is reported by signature_problem
 
 
 #: Each upstream internal used here or by the sweepers (vaesweep.sweep.sweepers), as
@@ -105,20 +105,14 @@ def signature_problem(name: str, obj: Any, params: tuple[str, ...]) -> str | Non
         sig = inspect.signature(obj)
     except (TypeError, ValueError) as e:
         return f"{name}: its signature cannot be read ({e})"
-    found = [p for p in sig.parameters.values() if p.name not in ("self", "cls")]
-    named = [p.name for p in found if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-    extra = [p.name for p in found[len(params):]
-             if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.default is p.empty]
-    if named[:len(params)] != list(params) or extra:
+    named = [p for p in sig.parameters.values() if p.name not in ("self", "cls")
+             and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    extra = [p.name for p in named[len(params):] if p.default is p.empty]
+    if [p.name for p in named[:len(params)]] != list(params) or extra:
         return (f"{name}{sig} no longer matches how vaesweep calls it: "
                 f"({', '.join(params)})" + (f"; new required {extra}" if extra else ""))
     return None
 
-
-def signature_problems() -> list[str]:
-    """Every internal of ``INTERNALS`` whose signature moved, one line each (empty when all
-    match)."""
-    return [m for n, (o, ps) in INTERNALS.items() if (m := signature_problem(n, o, ps))]
 
 
 def trial_id(trial: optuna.Trial | optuna.trial.FrozenTrial) -> int:
