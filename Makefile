@@ -24,7 +24,7 @@ LOCK_ARGS ?=
 # disk is one clear message and not pip's "No space left on device" half-way.
 VENV_NEED_MIB ?= 7500
 
-.PHONY: run test install bench ui clean lock test-latest
+.PHONY: run test install bench ui clean lock test-latest docs docs-serve
 
 # The disk check for a new environment $(1): one line and exit 2 when it cannot fit
 define disk_check
@@ -57,6 +57,14 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_train.py
+
+# the documentation site (docs/mkdocs.yml) into build/site, offline; tests/test_docs.py runs
+# the same strict build
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -f docs/mkdocs.yml
+
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve -f docs/mkdocs.yml -a 127.0.0.1:8000
 
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
