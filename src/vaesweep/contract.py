@@ -5,10 +5,11 @@ folder is. Imports nothing of vaesweep and nothing heavy, so every module may im
 from __future__ import annotations
 
 import importlib.resources
+import math
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -68,6 +69,33 @@ ACTIVE_THRESHOLD = 0.01
 #: nats of mean KL below which a latent dimension counts as collapsed to the prior (it carries
 #: no information; Burda et al. 2016 use the same 0.01 on the variance of its posterior mean)
 COLLAPSE_THRESHOLD = 0.01
+
+#: a run has converged when its validation ELBO changes by less than CONVERGED_RTOL (1 %,
+#: relative) over its last CONVERGED_WINDOW (20 %) of steps: the rule the report judges every
+#: run by, and the one ``convergence.stop`` stops a run by (vaesweep.job.convergence)
+CONVERGED_RTOL, CONVERGED_WINDOW = 0.01, 0.2
+
+def elbo_change(steps: Sequence[float], values: Sequence[float],
+                window: float = CONVERGED_WINDOW) -> tuple[float, float, float] | None:
+    """The convergence rule's numbers for one run's validation history.
+
+    ``steps`` and ``values`` (same length, steps ascending) are the validations. With S the
+    last step, the window starts at the last validation at or before step (1 − ``window``)·S.
+    Returns (value at the window's start, value at S, relative change |end − start| / |end|;
+    inf when end is 0), or None when the history cannot tell: fewer than two validations, or
+    none before the window."""
+    if len(steps) != len(values):
+        raise ValueError(f"steps and values differ in length: {len(steps)} and {len(values)}")
+    if len(steps) < 2:
+        return None
+    last = float(steps[-1])
+    before = [i for i, s in enumerate(steps) if float(s) <= (1 - window) * last]
+    if not before or float(steps[before[-1]]) >= last:
+        return None
+    start, end = float(values[before[-1]]), float(values[-1])
+    return start, end, (abs(end - start) / abs(end) if end != 0 else math.inf)
+
+
 
 # -- defaults -------------------------------------------------------------------------------
 #: the optimiser of a config that gives none, and the default of each ``optim`` key it leaves

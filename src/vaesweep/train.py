@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vaesweep.contract import ATTR_RUN_ID, TAG_COMMIT, TAG_DATA_SHAPE, TAG_SCHEDULE_UNFINISHED
 from vaesweep.job.callbacks import BetaTrace, Throughput, progress_bar
+from vaesweep.job import convergence
 from vaesweep.job.checks import check_job, objectives, prepare, resolve, validate_job
 from vaesweep.job.context import PER_JOB, job_tags, output_dir, run_name, sweeper_setting
 from vaesweep.job.faults import machine_fault
@@ -108,6 +109,7 @@ def _job(c: dict[str, Any], tags: Mapping[str, str] | None, run_id: str | None,
         # 5. callbacks and trainer
         speed = Throughput()
         callbacks = _job_callbacks(callbacks, run, out, trainer_cfg, speed)
+        callbacks += convergence.callbacks(c, run)  # convergence.stop: stop when converged
         trainer = L.Trainer(**trainer_cfg, logger=logger, callbacks=callbacks,
                             default_root_dir=str(out))
 

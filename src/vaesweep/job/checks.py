@@ -19,6 +19,7 @@ from vaesweep.contract import (METRIC_NAMES, OPTIM_DEFAULTS, TEST_METRICS, absol
                                is_metric_name)
 from vaesweep.data import VAEDataModule
 from vaesweep.errors import ConfigError, number
+from vaesweep.job import convergence
 from vaesweep.job.hardware import FAST_PATH, check_fast_path
 from vaesweep.job.resume import check_checkpoint, resolve_ckpt
 from vaesweep.metrics.evaluate import FACTOR_METRICS, LABEL_METRICS, resolve_settings
@@ -89,6 +90,7 @@ def check_job(c: Mapping[str, Any]) -> None:
     check_trainer_numbers(c.get("trainer", {}))
     number("tracking.n_images", (c.get("tracking") or {}).get("n_images", 8), 1, integer=True)
     check_progress(c)
+    convergence.settings(c)
     optim = c.get("optim") or {}
     if optim.get("name") not in OPTIMIZERS:
         raise ConfigError("optim.name", optim.get("name"), sorted(OPTIMIZERS))

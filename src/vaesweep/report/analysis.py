@@ -14,16 +14,13 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from vaesweep.contract import COLLAPSE_THRESHOLD
+from vaesweep.contract import COLLAPSE_THRESHOLD, CONVERGED_RTOL, CONVERGED_WINDOW, elbo_change
 
 
 #: structure metrics in order of preference: factors (dSprites), then labels
 STRUCTURE_METRICS = ("test/mig", "test/linear_probe_acc", "test/knn_acc")
 #: weighting methods whose weight moves during training (besides non-constant schedules)
 FEEDBACK_WEIGHTINGS = ("capacity", "geco", "controlvae")
-#: DESIGN §7: a run has converged when its validation ELBO changes by less than 1 % over its
-#: last 20 % of steps
-CONVERGED_RTOL, CONVERGED_WINDOW = 0.01, 0.2
 #: runs closer than this many seed-to-seed standard deviations (in D and in R) are one point
 NOISE_SIGMAS = 2.0
 
@@ -377,13 +374,10 @@ def convergence(runs: pd.DataFrame, hist: pd.DataFrame, key: str = "val/elbo",
         s = h[h["run_id"] == rid].sort_values("step") if len(h) else h
         start = end = change = np.nan
         converged: bool | None = None
-        if len(s) >= 2:
-            last = float(s["step"].iloc[-1])
-            before = s[s["step"] <= (1 - window) * last]
-            if len(before) and float(before["step"].iloc[-1]) < last:
-                start, end = float(before["value"].iloc[-1]), float(s["value"].iloc[-1])
-                change = abs(end - start) / abs(end) if end != 0 else math.inf
-                converged = bool(change < rtol)
+        window_ends = elbo_change(s["step"].tolist(), s["value"].tolist(), window) if len(s) else None
+        if window_ends is not None:
+            start, end, change = window_ends
+            converged = bool(change < rtol)
         rows.append({"run_id": rid, "elbo_start": start, "elbo_end": end, "elbo_change": change,
                      "converged": converged})
     return pd.DataFrame(rows, columns=["run_id", "elbo_start", "elbo_end", "elbo_change",
