@@ -231,6 +231,40 @@ def test_rerunning_a_finished_study_says_so_writes_its_summary_and_stays_finishe
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
 
 
+@pytest.mark.slow
+def test_resuming_with_a_search_space_optuna_cannot_store_is_refused_before_anything_is_written(
+        tmp_path):
+    """A resume whose override changes a searched key's choices or its kind of distribution
+    (Optuna raised inside the first new trial: a traceback naming no key, that trial left
+    RUNNING, the study's FINISHED parent run rewritten FAILED) is one line naming the key and
+    both distributions, exit 2, and nothing written."""
+    first = run_cli([*DONE, "hydra.sweeper.enqueue=null", "hydra.sweep.dir=multirun/first"],
+                    tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    study = optuna.load_study(study_name="done_t", storage=f"sqlite:///{tmp_path}/optuna.db")
+    stored = study.trials[0].distributions
+    for override, stored_text in [
+            ("kl/schedule=choice(constant,linear)", "CategoricalDistribution(choices=("
+             "'constant', 'linear', 'sigmoid'))"),
+            ("kl.beta_norm=choice(0.01,0.1)", str(stored["kl.beta_norm"]))]:
+        key = override.split("=", 1)[0]
+        res = run_cli([*DONE, "hydra.sweeper.enqueue=null", "hydra.sweeper.n_trials=2",
+                       override, "hydra.sweep.dir=multirun/again"], tmp_path)
+        assert res.returncode == 2, res.stderr[-3000:]
+        errors = [l for l in res.stderr.splitlines() if l.startswith("vaesweep: error:")]
+        assert len(errors) == 1 and "Traceback" not in res.stderr, res.stderr[-3000:]
+        line = errors[0]
+        assert f"{key}='{override.split('=', 1)[1]}'" in line and "'done_t'" in line, line
+        assert stored_text in line and "CategoricalDistribution(choices=(" in line, line
+        assert "study.name=" in line, line
+        study = optuna.load_study(study_name="done_t", storage=f"sqlite:///{tmp_path}/optuna.db")
+        assert [t.state.name for t in study.trials] == ["COMPLETE"]  # no new trial
+        children, parents = _children(tmp_path)
+        assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+        assert [r.info.status for r in children] == ["FINISHED"]
+        assert not (tmp_path / "multirun/again").exists()
+
+
 def _cli(args, capsys) -> tuple[int, str, str]:
     """A subcommand in this process. Logging handlers it adds (``report`` configures the root
     logger) are taken off again: they write to this test's captured stderr, which is closed
