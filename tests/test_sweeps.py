@@ -416,6 +416,34 @@ def _run(study: optuna.Study, design, state=optuna.trial.TrialState.COMPLETE) ->
     return study.trials[t.number].params
 
 
+def test_a_resumed_space_optuna_stores_is_a_warning_one_it_refuses_a_config_error(caplog):
+    """What Optuna stores beside the study's trials (a moved range, a key added or dropped)
+    is logged, naming the key; what it refuses is a ConfigError naming both distributions."""
+    import logging
+
+    from vaesweep.errors import ConfigError
+    from vaesweep.sweep.sweepers import check_resumed_space
+    F, C = optuna.distributions.FloatDistribution, optuna.distributions.CategoricalDistribution
+    study = optuna.create_study(study_name="s")
+    study.add_trial(optuna.trial.create_trial(
+        params={"kl.beta_norm": 0.1, "seed": 0}, values=[1.0],
+        distributions={"kl.beta_norm": F(1e-3, 1.0, log=True), "seed": C([0, 1])}))
+    check_resumed_space(optuna.create_study(), {"x": C(["a"])}, {})  # no trials: nothing
+    with caplog.at_level(logging.WARNING, logger="vaesweep.sweep"):
+        check_resumed_space(study, {"kl.beta_norm": F(1e-2, 1.0, log=True), "lr": F(0.1, 1.0)},
+                            {"seed": "0"})
+    text = caplog.text
+    assert "kl.beta_norm is searched over FloatDistribution(high=1.0, log=True, low=0.01" in text
+    assert "searched now, not in the study's trials: lr" in text
+    assert "searched by the study's trials, not now: seed (now 0)" in text
+    with pytest.raises(ConfigError) as e:
+        check_resumed_space(study, {"seed": C([0, 1, 2])}, {}, {"seed": "choice(0,1,2)"})
+    msg = str(e.value)
+    assert msg.startswith("seed='choice(0,1,2)' is invalid") and "'s'" in msg
+    assert "CategoricalDistribution(choices=(0, 1))" in msg and "(0, 1, 2)" in msg
+    assert "study.name=<new name>" in msg
+
+
 def test_a_point_whose_trial_has_written_only_some_params_is_still_held():
     """Another worker writes its trial's params one by one after asking: while only some are
     written, its point is still held (else four workers on SQLite could run one point twice)."""

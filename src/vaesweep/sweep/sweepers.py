@@ -549,15 +549,14 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
                     break
                 trials = [ask_owned(study, me, self.design)
                           for _ in range(min(to_go, self.n_jobs))]
+            overrides = self._configure_trials(trials, space, fixed, fixed_overrides)
             # a trial's folder is named by its number, which is unique in the study: workers
             # that start in the same second share a sweep folder, and their job numbers repeat
             self.launcher.per_job = [[f"study.trial={t.number}", f"hydra.sweep.subdir={t.number}"]
                                      for t in trials]
             try:
-                # sampling can fail too (a custom_search_space param Optuna cannot store)
-                overrides = self._configure_trials(trials, space, fixed, fixed_overrides)
                 returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
-            except BaseException as e:  # Ctrl-C, SIGTERM, a param not stored: the trials end
+            except BaseException as e:  # Ctrl-C, SIGTERM: the trials end with the sweep
                 fail_unfinished(study, trials, e)
                 raise
             self.job_idx += len(returns)
