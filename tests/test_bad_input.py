@@ -69,14 +69,17 @@ def main_out(args: list[str]) -> tuple[int, str, str]:
 # -- the state that must not change ---------------------------------------------------------
 @pytest.fixture(scope="module")
 def template_study(tmp_path_factory) -> Path:
-    """An optuna.db holding the `quick` study with one finished trial."""
+    """An optuna.db holding the `quick` study with one finished trial (a beta_norm interval
+    wider than quick's, a range Optuna stores beside it, and quick's schedule choices)."""
     path = tmp_path_factory.mktemp("study") / "optuna.db"
     study = optuna.create_study(study_name="quick", storage=f"sqlite:///{path}",
                                 directions=["minimize", "minimize"])
     study.set_user_attr("objectives", ["test/distortion", "test/rate"])
     study.add_trial(optuna.trial.create_trial(
-        params={"kl.beta_norm": 0.1},
-        distributions={"kl.beta_norm": optuna.distributions.FloatDistribution(1e-3, 10, log=True)},
+        params={"kl.beta_norm": 0.1, "kl/schedule": "constant"},
+        distributions={"kl.beta_norm": optuna.distributions.FloatDistribution(1e-3, 10, log=True),
+                       "kl/schedule": optuna.distributions.CategoricalDistribution(
+                           ("constant", "linear", "sigmoid"))},
         values=[100.0, 5.0]))
     return path
 
@@ -215,6 +218,22 @@ CASES = [
      ["objective=['test/mse', 'test/rate']", "['test/distortion', 'test/rate']"], 2),
     ("sweep: resumed with other directions", [*SWEEP, "hydra.sweeper.direction=[maximize,minimize]"],
      ["hydra.sweeper.direction=['maximize', 'minimize']", "['minimize', 'minimize']"], 2),
+    # a searched key Optuna cannot store beside the study's trials (issue: it raised inside
+    # the first new trial, left it RUNNING and rewrote the study's parent run FAILED)
+    ("sweep: resumed with other choices",
+     [*SWEEP, "hydra.sweeper.enqueue=null", "kl/schedule=choice(constant,linear)"],
+     ["kl/schedule='choice(constant,linear)'", "existing study 'quick'",
+      "CategoricalDistribution(choices=('constant', 'linear', 'sigmoid'))",
+      "CategoricalDistribution(choices=('constant', 'linear'))", "study.name=<new name>"], 2),
+    ("sweep: resumed with another kind of distribution",
+     [*SWEEP, "hydra.sweeper.enqueue=null", "kl.beta_norm=choice(0.01,0.1)"],
+     ["kl.beta_norm='choice(0.01,0.1)'", "existing study 'quick'",
+      "FloatDistribution(high=10.0, log=True, low=0.001, step=None)",
+      "CategoricalDistribution(choices=(0.01, 0.1))", "study.name=<new name>"], 2),
+    ("sweep: resumed with the log scale switched",
+     [*SWEEP, "hydra.sweeper.enqueue=null", "kl.beta_norm=interval(0.001,1)"],
+     ["kl.beta_norm='interval(0.001,1)'", "different log configuration",
+      "FloatDistribution(high=1.0, log=False, low=0.001, step=None)"], 2),
     ("sweep: objectives and directions disagree", [*SWEEP, "objective=[test/rate]"],
      ["objective=['test/rate']", "2 metric name(s)"], 2),
     # settings that cannot work together (issue 15): refused on the sweep's first job

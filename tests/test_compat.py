@@ -94,3 +94,16 @@ def test_distribution_contains_tells_inside_from_outside():
     assert not compat.distribution_contains(log_float, 2.0)
     assert compat.distribution_contains(choice, "linear")
     assert not compat.distribution_contains(choice, "cosine")
+
+
+def test_distribution_conflict_is_what_optuna_s_storage_refuses():
+    F, C = optuna.distributions.FloatDistribution, optuna.distributions.CategoricalDistribution
+    old = F(1e-3, 1.0, log=True)
+    assert compat.distribution_conflict(old, F(1e-2, 10.0, log=True)) is None  # a moved range
+    assert "kind" in compat.distribution_conflict(old, C([0.01, 0.1]))
+    assert "log" in compat.distribution_conflict(old, F(1e-3, 1.0))
+    assert "dynamic value space" in compat.distribution_conflict(C(["a", "b"]), C(["a"]))
+    study = optuna.create_study()  # the same verdicts as Optuna's own storage
+    study.ask().suggest_categorical("x", ["a", "b"])
+    with pytest.raises(ValueError, match="dynamic value space"):
+        study.ask().suggest_categorical("x", ["a"])

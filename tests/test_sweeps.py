@@ -231,6 +231,40 @@ def test_rerunning_a_finished_study_says_so_writes_its_summary_and_stays_finishe
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
 
 
+@pytest.mark.slow
+def test_resuming_with_a_search_space_optuna_cannot_store_is_refused_before_anything_is_written(
+        tmp_path):
+    """A resume whose override changes a searched key's choices or its kind of distribution
+    (Optuna raised inside the first new trial: a traceback naming no key, that trial left
+    RUNNING, the study's FINISHED parent run rewritten FAILED) is one line naming the key and
+    both distributions, exit 2, and nothing written."""
+    first = run_cli([*DONE, "hydra.sweeper.enqueue=null", "hydra.sweep.dir=multirun/first"],
+                    tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    study = optuna.load_study(study_name="done_t", storage=f"sqlite:///{tmp_path}/optuna.db")
+    stored = study.trials[0].distributions
+    for override, stored_text in [
+            ("kl/schedule=choice(constant,linear)", "CategoricalDistribution(choices=("
+             "'constant', 'linear', 'sigmoid'))"),
+            ("kl.beta_norm=choice(0.01,0.1)", str(stored["kl.beta_norm"]))]:
+        key = override.split("=", 1)[0]
+        res = run_cli([*DONE, "hydra.sweeper.enqueue=null", "hydra.sweeper.n_trials=2",
+                       override, "hydra.sweep.dir=multirun/again"], tmp_path)
+        assert res.returncode == 2, res.stderr[-3000:]
+        errors = [l for l in res.stderr.splitlines() if l.startswith("vaesweep: error:")]
+        assert len(errors) == 1 and "Traceback" not in res.stderr, res.stderr[-3000:]
+        line = errors[0]
+        assert f"{key}='{override.split('=', 1)[1]}'" in line and "'done_t'" in line, line
+        assert stored_text in line and "CategoricalDistribution(choices=(" in line, line
+        assert "study.name=" in line, line
+        study = optuna.load_study(study_name="done_t", storage=f"sqlite:///{tmp_path}/optuna.db")
+        assert [t.state.name for t in study.trials] == ["COMPLETE"]  # no new trial
+        children, parents = _children(tmp_path)
+        assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+        assert [r.info.status for r in children] == ["FINISHED"]
+        assert not (tmp_path / "multirun/again").exists()
+
+
 def _cli(args, capsys) -> tuple[int, str, str]:
     """A subcommand in this process. Logging handlers it adds (``report`` configures the root
     logger) are taken off again: they write to this test's captured stderr, which is closed
@@ -380,6 +414,34 @@ def _run(study: optuna.Study, design, state=optuna.trial.TrialState.COMPLETE) ->
     else:
         study.tell(t, state=state)
     return study.trials[t.number].params
+
+
+def test_a_resumed_space_optuna_stores_is_a_warning_one_it_refuses_a_config_error(caplog):
+    """What Optuna stores beside the study's trials (a moved range, a key added or dropped)
+    is logged, naming the key; what it refuses is a ConfigError naming both distributions."""
+    import logging
+
+    from vaesweep.errors import ConfigError
+    from vaesweep.sweep.sweepers import check_resumed_space
+    F, C = optuna.distributions.FloatDistribution, optuna.distributions.CategoricalDistribution
+    study = optuna.create_study(study_name="s")
+    study.add_trial(optuna.trial.create_trial(
+        params={"kl.beta_norm": 0.1, "seed": 0}, values=[1.0],
+        distributions={"kl.beta_norm": F(1e-3, 1.0, log=True), "seed": C([0, 1])}))
+    check_resumed_space(optuna.create_study(), {"x": C(["a"])}, {})  # no trials: nothing
+    with caplog.at_level(logging.WARNING, logger="vaesweep.sweep"):
+        check_resumed_space(study, {"kl.beta_norm": F(1e-2, 1.0, log=True), "lr": F(0.1, 1.0)},
+                            {"seed": "0"})
+    text = caplog.text
+    assert "kl.beta_norm is searched over FloatDistribution(high=1.0, log=True, low=0.01" in text
+    assert "searched now, not in the study's trials: lr" in text
+    assert "searched by the study's trials, not now: seed (now 0)" in text
+    with pytest.raises(ConfigError) as e:
+        check_resumed_space(study, {"seed": C([0, 1, 2])}, {}, {"seed": "choice(0,1,2)"})
+    msg = str(e.value)
+    assert msg.startswith("seed='choice(0,1,2)' is invalid") and "'s'" in msg
+    assert "CategoricalDistribution(choices=(0, 1))" in msg and "(0, 1, 2)" in msg
+    assert "study.name=<new name>" in msg
 
 
 def test_a_point_whose_trial_has_written_only_some_params_is_still_held():

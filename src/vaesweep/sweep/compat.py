@@ -83,6 +83,8 @@ INTERNALS: dict[str, tuple[Any, tuple[str, ...]]] = {
     "BaseDistribution._contains": (_get(optuna.distributions.BaseDistribution, "_contains"),
                                    ("param_value_in_internal_repr",)),
     "Trial.__init__": (_get(optuna.trial.Trial, "__init__"), ("study", "trial_id")),
+    "check_distribution_compatibility": (
+        _get(optuna.distributions, "check_distribution_compatibility"), ("dist_old", "dist_new")),
     "FrozenTrial.__init__": (_get(optuna.trial.FrozenTrial, "__init__"), (
         "number", "state", "value", "datetime_start", "datetime_complete", "params",
         "distributions", "user_attrs", "system_attrs", "intermediate_values", "trial_id")),
@@ -175,6 +177,19 @@ def distribution_contains(dist: optuna.distributions.BaseDistribution, value: An
         return bool(dist._contains(dist.to_internal_repr(value)))
     except (ValueError, TypeError):
         return False
+
+
+def distribution_conflict(old: optuna.distributions.BaseDistribution,
+                          new: optuna.distributions.BaseDistribution) -> str | None:
+    """Why Optuna's storage refuses a parameter sampled from ``new`` in a study whose trials
+    stored it with ``old`` (another kind, other categorical choices, log scale switched), as
+    Optuna words it; None when it accepts it (a moved range or step). Optuna's own check
+    (``check_distribution_compatibility``) is public but marked "not for library users"."""
+    try:
+        optuna.distributions.check_distribution_compatibility(old, new)
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 def job_exception(ret: Any) -> BaseException | None:

@@ -150,6 +150,64 @@ def check_design(points: Any, space: dict, fixed: Sequence[str] = ()) -> list[di
     return design
 
 
+def check_resumed_space(study: optuna.Study, space: dict, fixed: dict,
+                        texts: dict | None = None) -> None:
+    """A resumed study's search space against the distributions its trials stored (any
+    state), before anything is written: the sweep must not leave a trial RUNNING, nor turn
+    the study's FINISHED parent run FAILED, on a param that Optuna cannot store.
+
+    ``space``: key -> Optuna distribution of this sweep; ``fixed``: key -> value set on the
+    command line; ``texts``: key -> the sweep override as typed (for the message).
+
+    Raises:
+        ConfigError: a key whose distribution Optuna refuses beside the stored one (another
+            kind, other categorical choices, log scale switched), naming both and the way on.
+
+    Logs a warning, and goes on, for what Optuna stores (README "Sweeps: resume, parallel,
+    prune, reproduce"): a range or step moved, a key searched that the trials lack, a key
+    the trials searched that is now fixed or gone."""
+    stored: dict[str, list] = {}
+    for t in study.get_trials(deepcopy=False):
+        for k, d in t.distributions.items():
+            if d not in stored.setdefault(k, []):
+                stored[k].append(d)
+    if not stored:
+        return
+    name = study.study_name
+    for k, new in space.items():
+        for old in stored.get(k, ()):
+            why = compat.distribution_conflict(old, new)
+            if why:
+                raise ConfigError(
+                    k, (texts or {}).get(k, str(new)), f"the distribution the trials of the "
+                    f"existing study {name!r} used: {old}", f"this is {new}, which Optuna cannot "
+                    f"store beside it: {why} Run a new study (study.name=<new name>) or sweep "
+                    f"{k} as the study did")
+        moved = [str(d) for d in stored.get(k, ()) if d != new]
+        if moved:
+            log.warning("[%s] %s is searched over %s; the study's trials used %s: its trials "
+                        "are kept, and samplers that model the joint space (QMC, CMA-ES, "
+                        "multivariate TPE) sample %s on its own until all trials share one",
+                        name, k, new, ", ".join(moved), k)
+    added = [k for k in space if k not in stored]
+    if added:
+        log.warning("[%s] searched now, not in the study's trials: %s (they ran with the "
+                    "config's value)", name, ", ".join(added))
+    gone = [f"{k} (now {fixed[k]})" if k in fixed else k for k in stored if k not in space]
+    if gone:
+        log.warning("[%s] searched by the study's trials, not now: %s (the new trials record "
+                    "no value for it)", name, ", ".join(gone))
+
+
+def override_texts(overrides: Sequence[str]) -> dict[str, str]:
+    """key -> the value of a sweep override as typed (the last one of a key wins)."""
+    texts = {}
+    for o in OverridesParser.create().parse_overrides(list(overrides)):
+        if o.input_line and "=" in o.input_line:
+            texts[o.get_key_element()] = o.input_line.split("=", 1)[1]
+    return texts
+
+
 def next_design_point(study: optuna.Study, design: Sequence[dict]) -> dict | None:
     """The first point of ``design`` that no finished or running trial of the study holds (a
     failed one is run again), or None when all are held: the sampler draws the trials past
@@ -310,7 +368,7 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
         # the worker that creates the study names its parent run in it before a stop is
         # raised: else the next worker would wait for a parent that never comes
         with stops.held() as hold:
-            study, created = self._load_study(directions, names)
+            study, created = self._load_study(directions, names, space, fixed, arguments)
             if not created:
                 hold.release()
             joined = None if created else study_parent(study, sweep_settings(self.config))
@@ -406,10 +464,13 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
             raise ConfigError(key[0], self.storage, key[1])
         check_store(self.storage, key)
 
-    def _load_study(self, directions: Sequence[str],
-                    names: Sequence[str]) -> tuple[optuna.Study, bool]:
+    def _load_study(self, directions: Sequence[str], names: Sequence[str], space: dict,
+                    fixed: dict, arguments: Sequence[str]) -> tuple[optuna.Study, bool]:
         """The sweep's study, and whether this worker created it (exactly one worker does: it
-        opens the study's parent run)."""
+        opens the study's parent run). An existing study is checked against this sweep's
+        directions, objectives and search space (``space``, ``fixed``: the sweep's
+        distributions and fixed keys; ``arguments``: its overrides) before anything is
+        written: a ConfigError otherwise."""
         import random
         import time
 
@@ -452,6 +513,9 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
         if old is not None and list(old) != list(names):
             raise ConfigError("objective", list(names),
                               f"the objectives of the existing study {self.study_name!r}: {old}")
+        if not created:
+            check_resumed_space(study, space, fixed, override_texts(
+                self._parse_sweeper_params_config() + list(arguments)))
         if old is None:
             study.set_user_attr("objectives", list(names))
         name_objectives(study, names)
