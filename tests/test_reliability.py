@@ -372,6 +372,42 @@ def test_disk_full_during_a_sweep_stops_it_with_one_error(workdir, full_disk):
     assert "No space left on device" in runs[0].data.tags["vaesweep.error"]
 
 
+def test_a_machine_fault_stops_the_sweep_even_when_the_trial_s_fail_cannot_be_written():
+    """The job failed on a full disk, and Optuna's write of the trial's FAIL fails on it too
+    (a StorageInternalError "... exceeding max length" from "database or disk is full"): the
+    sweep stops with the one-line machine fault. Before, the store's error came out first."""
+    import errno
+    import sqlite3
+    from types import SimpleNamespace
+
+    from hydra.core.utils import JobReturn, JobStatus
+    from optuna.exceptions import StorageInternalError
+
+    from vaesweep.errors import VaesweepError
+    from vaesweep.sweep.sweepers import VaesweepOptunaImpl
+
+    def full(*args, **kwargs):
+        try:
+            raise sqlite3.OperationalError("database or disk is full")
+        except sqlite3.OperationalError as e:
+            raise StorageInternalError("An exception is raised during the commit. This "
+                                       "typically happens due to invalid data in the commit, "
+                                       "e.g. exceeding max length.") from e
+
+    ret = JobReturn()
+    ret.status = JobStatus.FAILED
+    ret._return_value = OSError(errno.ENOSPC, "No space left on device")
+    trial = SimpleNamespace(number=3, set_user_attr=full)
+    study = SimpleNamespace(study_name="quick", tell=full)
+    with pytest.raises(VaesweepError, match=r"^trial 3 failed on a fault of the machine, the "
+                                            r"sweep stops: OSError: \[Errno 28\] No space"):
+        VaesweepOptunaImpl._tell(None, study, trial, ret, ["minimize"])
+    ret._return_value = ValueError("a job's own error")  # the store's fault stops it too
+    with pytest.raises(VaesweepError, match="^trial 3 could not be recorded on a fault of the "
+                                            "machine, the sweep stops: StorageInternalError"):
+        VaesweepOptunaImpl._tell(None, study, trial, ret, ["minimize"])
+
+
 @pytest.mark.slow
 def test_disk_full_under_a_sweep_s_stores_stops_it_with_one_error_and_ends_what_it_began(workdir):
     """The stores and the sweep's folder on one disk (4 MiB) that the first checkpoint (~5 MB)
