@@ -372,6 +372,74 @@ def test_disk_full_during_a_sweep_stops_it_with_one_error(workdir, full_disk):
     assert "No space left on device" in runs[0].data.tags["vaesweep.error"]
 
 
+def test_a_machine_fault_stops_the_sweep_even_when_the_trial_s_fail_cannot_be_written():
+    """The job failed on a full disk, and Optuna's write of the trial's FAIL fails on it too
+    (a StorageInternalError "... exceeding max length" from "database or disk is full"): the
+    sweep stops with the one-line machine fault. Before, the store's error came out first."""
+    import errno
+    import sqlite3
+    from types import SimpleNamespace
+
+    from hydra.core.utils import JobReturn, JobStatus
+    from optuna.exceptions import StorageInternalError
+
+    from vaesweep.errors import VaesweepError
+    from vaesweep.sweep.sweepers import VaesweepOptunaImpl
+
+    def full(*args, **kwargs):
+        try:
+            raise sqlite3.OperationalError("database or disk is full")
+        except sqlite3.OperationalError as e:
+            raise StorageInternalError("An exception is raised during the commit. This "
+                                       "typically happens due to invalid data in the commit, "
+                                       "e.g. exceeding max length.") from e
+
+    ret = JobReturn()
+    ret.status = JobStatus.FAILED
+    ret._return_value = OSError(errno.ENOSPC, "No space left on device")
+    trial = SimpleNamespace(number=3, set_user_attr=full)
+    study = SimpleNamespace(study_name="quick", tell=full)
+    with pytest.raises(VaesweepError, match=r"^trial 3 failed on a fault of the machine, the "
+                                            r"sweep stops: OSError: \[Errno 28\] No space"):
+        VaesweepOptunaImpl._tell(None, study, trial, ret, ["minimize"])
+    ret._return_value = ValueError("a job's own error")  # the store's fault stops it too
+    with pytest.raises(VaesweepError, match="^trial 3 could not be recorded on a fault of the "
+                                            "machine, the sweep stops: StorageInternalError"):
+        VaesweepOptunaImpl._tell(None, study, trial, ret, ["minimize"])
+
+
+@pytest.mark.slow
+def test_disk_full_under_a_sweep_s_stores_stops_it_with_one_error_and_ends_what_it_began(workdir):
+    """The stores and the sweep's folder on one disk (4 MiB) that the first checkpoint (~5 MB)
+    fills. Before, Optuna's write of the trial's FAIL (the disk still full) raised first: some
+    1,400 lines of tracebacks ending in a misleading ``StorageInternalError: ... exceeding max
+    length``, exit code 1, the trial and both runs left RUNNING. Now: the one-line stop, the
+    truncated checkpoint removed, the trial FAIL and both runs FAILED with the reason."""
+    from faults import tmpfs
+
+    disk = workdir / "disk"
+    with tmpfs(disk, "size=4m") as mounted:
+        if not mounted:
+            pytest.skip("a full disk is simulated with a small tmpfs, which needs root to mount")
+        uri, storage = f"sqlite:///{disk}/mlflow.db", f"sqlite:///{disk}/optuna.db"
+        code, err = vaesweep(["-m", "+sweep=quick", *FAST, "hydra.sweeper.n_trials=2",
+                              f"tracking.uri={uri}", f"study.storage={storage}",
+                              f"hydra.sweep.dir={disk}/multirun"])
+        assert code == 2, err[-3000:]
+        last = err.strip().splitlines()[-1]
+        assert last.startswith("vaesweep: error: trial 0 failed on a fault of the machine, the "
+                               "sweep stops: "), err[-3000:]
+        assert "No space left on device" in last, last
+        assert "Traceback" not in err and "StorageInternalError" not in err, err[-3000:]
+        assert not list(disk.rglob("*.ckpt")), "a truncated checkpoint was left on the disk"
+        (trial,) = load(storage).trials
+        assert trial.state == S.FAIL and "No space left on device" in trial.user_attrs["fail_reason"]
+        runs = search_runs(uri)
+        assert sorted(r.data.tags.get("vaesweep.role", "trial") for r in runs) == ["parent", "trial"]
+        assert {r.info.status for r in runs} == {"FAILED"}, [r.info.status for r in runs]
+        assert all("No space left on device" in r.data.tags["vaesweep.error"] for r in runs)
+
+
 # -- four workers on one SQLite study ---------------------------------------------------------
 @pytest.mark.slow
 def test_four_workers_share_one_sqlite_study_every_trial_once(tmp_path):
@@ -448,6 +516,50 @@ def test_ctrl_c_during_a_sweep_kills_its_runs_and_fails_the_trial(tmp_path):
     assert all(r.info.run_id in line for r in runs), line
     (trial,) = load(f"sqlite:///{tmp_path}/optuna.db").trials
     assert trial.state == S.FAIL and trial.user_attrs["fail_reason"] == "interrupted by SIGINT"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("to", ["group", "sweep"], ids=["ctrl-c-SIGINT", "SIGTERM-sweep-only"])
+def test_stopping_a_joblib_sweep_leaves_no_run_running(tmp_path, to):
+    """Two trials at once in joblib's (loky) worker processes, stopped mid-training: Ctrl-C
+    (SIGINT to the whole process group, workers included), or SIGTERM to the sweep process
+    alone. The pool's workers are killed when the sweep stops, often before they end their own
+    runs: the sweep ends the runs of the trials it launched. Before, 1-2 trial runs (all of
+    them with SIGTERM) stayed RUNNING until the next start marked them stale."""
+    sig = signal.SIGINT if to == "group" else signal.SIGTERM
+    args = ["-m", "+sweep=quick", *FAST, "trainer.max_steps=600", "hydra.sweeper.n_trials=4",
+            "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2"]
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    proc = start(args, tmp_path)
+
+    def training():  # both trials' runs are open and have logged metrics
+        runs = [r for r in search_runs(uri) if r.data.tags.get("vaesweep.trial")
+                and r.info.status == "RUNNING"]
+        return len(runs) == 2 and all(r.data.metrics for r in runs)
+
+    wait_for(training, proc=proc, every=0.3, timeout=600)
+    t0 = time.time()
+    (os.killpg if to == "group" else os.kill)(proc.pid, sig)
+    try:
+        proc.wait(timeout=STOP_WITHIN)
+    except subprocess.TimeoutExpired:
+        kill9(proc)
+        raise AssertionError(f"still running {STOP_WITHIN} s after {signal.Signals(sig).name}")
+    print(f"stopped {time.time() - t0:.1f} s after the signal")
+    log = (tmp_path / "log.txt").read_text()
+    assert proc.returncode == 128 + sig, log[-3000:]
+    runs = search_runs(uri)
+    assert not [r.info.run_id for r in runs if r.info.status == "RUNNING"], log[-3000:]
+    assert len(runs) == 3 and {r.info.status for r in runs} == {"KILLED"}  # 2 trials, parent
+    for r in runs:
+        assert signal.Signals(sig).name in r.data.tags["vaesweep.error"], r.data.tags
+    line = [l for l in log.splitlines() if l.startswith("vaesweep:")][-1]
+    assert line.startswith(f"vaesweep: interrupted by {signal.Signals(sig).name}"), line
+    assert all(r.info.run_id in line for r in runs), line
+    trials = load(f"sqlite:///{tmp_path}/optuna.db").trials
+    assert [t.state for t in trials] == [S.FAIL, S.FAIL]
+    assert {t.user_attrs["fail_reason"] for t in trials} == {
+        f"interrupted by {signal.Signals(sig).name}"}
 
 
 @pytest.mark.parametrize("db,statement", [("mlflow.db", "CREATE TABLE _alembic_tmp_"),

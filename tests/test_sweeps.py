@@ -395,6 +395,68 @@ def test_parallel_launchers_are_told_from_the_basic_one():
         assert is_parallel_launcher(cfg.hydra.launcher) is parallel, group
 
 
+def test_the_trials_at_once_follow_the_launcher_s_n_jobs_or_say_why_not(caplog):
+    """hydra.sweeper.n_jobs unset follows joblib's hydra.launcher.n_jobs (-1: every core);
+    a launcher setting it outweighs, or a parallel launcher without n_jobs, is a warning.
+    Before, ``hydra/launcher=joblib hydra.launcher.n_jobs=2`` ran one trial at a time, silently."""
+    import logging
+
+    from joblib import effective_n_jobs
+
+    from vaesweep.sweep.sweepers import trials_at_once
+    joblib_at = {"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"}
+    basic = {"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}
+    ray = {"_target_": "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher"}
+    cases = [(None, {**joblib_at, "n_jobs": 2}, 2, "follows hydra.launcher.n_jobs=2"),
+             (None, {**joblib_at, "n_jobs": -1}, effective_n_jobs(-1), "follows"),
+             (None, basic, 1, None), (None, None, 1, None),
+             (None, ray, 1, "hydra.sweeper.n_jobs is not set: the RayLauncher runs 1 trial"),
+             (1, {**joblib_at, "n_jobs": 3}, 1, "2 of the 3 workers of hydra.launcher.n_jobs=3 "
+                                                 "stay idle"),
+             (2, {**joblib_at, "n_jobs": 2}, 2, None), (2, ray, 2, None)]
+    for n_jobs, launcher, want, said in cases:
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="vaesweep.sweep"):
+            assert trials_at_once(n_jobs, launcher) == want, (n_jobs, launcher)
+        text = caplog.text
+        if said is None:
+            assert not text, (n_jobs, launcher, text)
+        else:
+            assert said in text, (n_jobs, launcher, text)
+
+
+@pytest.mark.parametrize("n_jobs", [-1, 2, None])
+def test_each_joblib_job_gets_its_share_of_the_cores_with_joblib_s_default_n_jobs(monkeypatch, n_jobs):
+    """joblib's default hydra.launcher.n_jobs=-1 (every core) shares the cores out too: each
+    job took every core before (torch's default), as many threads as cores per worker."""
+    from types import SimpleNamespace
+
+    from joblib import effective_n_jobs
+
+    import vaesweep.job.hardware as hw
+    hydra = SimpleNamespace(initialized=lambda: True,
+                            get=lambda: SimpleNamespace(launcher={"n_jobs": n_jobs}))
+    monkeypatch.setattr(hw, "HydraConfig", hydra)
+    monkeypatch.setattr(hw.os, "cpu_count", lambda: 8)
+    workers = effective_n_jobs(n_jobs) if n_jobs else 1
+    assert hw.launcher_jobs() == workers
+    assert hw.cpu_threads({}) == (max(1, 8 // workers) if workers > 1 else None)
+
+
+@pytest.mark.slow
+def test_a_joblib_sweep_without_sweeper_n_jobs_runs_the_launcher_s_n_jobs_at_once(tmp_path):
+    """End to end: two trials, launched as one batch of two (one batch of one, then another,
+    before)."""
+    res = run_cli(["-m", "+sweep=quick", *TINY, "metrics.enabled=false", "threads=1",
+                   "hydra.sweeper.n_trials=2", "hydra/launcher=joblib",
+                   "hydra.launcher.n_jobs=2"], tmp_path, env=_env(tmp_path))
+    log = res.stdout + res.stderr
+    assert res.returncode == 0, log[-3000:]
+    assert "hydra.sweeper.n_jobs follows hydra.launcher.n_jobs=2: 2 trial(s) at once" in log
+    assert "is launching 2 jobs" in log and "is launching 1 jobs" not in log, log[-3000:]
+    assert [t.state for t in _study(tmp_path).trials] == [optuna.trial.TrialState.COMPLETE] * 2
+
+
 # -- a designed study: hydra.sweeper.enqueue ----------------------------------------------------
 SPACE = {"kl.beta_norm": optuna.distributions.FloatDistribution(0.001, 1.0, log=True),
          "kl/schedule": optuna.distributions.CategoricalDistribution(["constant", "linear"])}

@@ -25,8 +25,8 @@ from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig, OmegaConf
 
 from vaesweep.contract import ATTR_RUN_ID, TAG_COMMIT, TAG_DATA_SHAPE, TAG_SCHEDULE_UNFINISHED
-from vaesweep.job.callbacks import BetaTrace, Throughput, progress_bar
 from vaesweep.job import convergence
+from vaesweep.job.callbacks import BetaTrace, Throughput, TruncatedCheckpoint, progress_bar
 from vaesweep.job.checks import check_job, objectives, prepare, resolve, validate_job
 from vaesweep.job.context import PER_JOB, job_tags, output_dir, run_name, sweeper_setting
 from vaesweep.job.faults import machine_fault
@@ -194,7 +194,8 @@ def _job_callbacks(given: Sequence[Callback], run: TrackedRun, out: Path,
                            enable_version_counter=False)
     callbacks: list[Callback] = [*given,
         speed, ckpt, BetaTrace(run, trainer_cfg.get("log_every_n_steps", 50)),
-        RandomState(), RunIdFile(out / "checkpoints" / RUN_ID_FILE, run.run_id)]
+        RandomState(), RunIdFile(out / "checkpoints" / RUN_ID_FILE, run.run_id),
+        TruncatedCheckpoint(out / "checkpoints")]
     callbacks += job_callbacks(trainer_cfg)  # a sweep's display: Lightning's bar off
     callbacks += progress_bar(trainer_cfg, callbacks)
     return callbacks

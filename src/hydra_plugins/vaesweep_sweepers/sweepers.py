@@ -55,7 +55,8 @@ class VaesweepBasicSweeper(_Deferred):
 class VaesweepOptunaConf(OptunaSweeperConf):
     _target_: str = "hydra_plugins.vaesweep_sweepers.sweepers.VaesweepOptunaSweeper"
     storage: Any = DEFAULT_STORAGE
-    n_jobs: int = 1
+    # trials asked for and launched together; null: the launcher's n_jobs (joblib's), else 1
+    n_jobs: Any = None
     # a failed trial is recorded FAIL with its reason and the study goes on
     max_failure_rate: float = 1.0
     # an optuna.pruners class, e.g. {_target_: optuna.pruners.MedianPruner, n_warmup_steps: 200}

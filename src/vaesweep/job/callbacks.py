@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import resource
 import time
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from lightning.pytorch.callbacks import Callback, ProgressBar, TQDMProgressBar
 
+from vaesweep.job.faults import MACHINE_ERRNOS
 from vaesweep.module import VAEModule
 from vaesweep.tracking import TrackedRun
 
@@ -30,6 +32,28 @@ class BetaTrace(Callback):
 
     def on_train_end(self, trainer, module) -> None:
         self.flush(module)
+
+
+class TruncatedCheckpoint(Callback):
+    """A checkpoint that the disk could not hold (ENOSPC, EDQUOT) is removed when training
+    stops on it: Lightning's "atomic" save writes to a temporary folder, then copies the file
+    over the old one when that folder is on another file system, so the failed copy leaves a
+    truncated checkpoint under ``folder``, which cannot be resumed from and keeps the disk full
+    (the job's MLflow run and Optuna trial then could not be ended either). Runs before
+    Lightning's logger is finalised."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder).resolve()
+
+    def on_exception(self, trainer: Any, module: Any, exception: BaseException) -> None:
+        e: BaseException | None = exception
+        while e is not None:
+            if isinstance(e, OSError) and e.errno in MACHINE_ERRNOS:
+                for name in (e.filename2, e.filename):
+                    path = Path(name).resolve() if isinstance(name, str) else None
+                    if path is not None and path.suffix == ".ckpt" and self.folder in path.parents:
+                        path.unlink(missing_ok=True)
+            e = e.__cause__ or e.__context__
 
 
 class Throughput(Callback):

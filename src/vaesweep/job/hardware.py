@@ -20,12 +20,26 @@ def cpu_threads(c: Mapping[str, Any]) -> int | None:
     slower); otherwise torch's default."""
     if c.get("threads"):
         return int(number("threads", c["threads"], 1, integer=True))
-    if HydraConfig.initialized():
-        launcher = HydraConfig.get().launcher
-        n_jobs = launcher.get("n_jobs") or 1
-        if n_jobs and int(n_jobs) > 1:
-            return max(1, (os.cpu_count() or 1) // int(n_jobs))
+    n_jobs = launcher_jobs()
+    if n_jobs > 1:
+        return max(1, (os.cpu_count() or 1) // n_jobs)
     return None
+
+
+def launcher_jobs() -> int:
+    """How many jobs the Hydra launcher runs at once: its ``n_jobs`` as joblib counts it (-1:
+    every core, -2: all but one; joblib's own default is -1), 1 outside Hydra or for a
+    launcher without ``n_jobs``. (Read as a plain ``int(n_jobs) > 1``, joblib's default -1
+    gave no share: every worker took every core.)"""
+    if not HydraConfig.initialized():
+        return 1
+    n_jobs = HydraConfig.get().launcher.get("n_jobs")
+    if not isinstance(n_jobs, int) or isinstance(n_jobs, bool) or n_jobs == 0:
+        return 1
+    if n_jobs < 0:
+        from joblib import effective_n_jobs  # only under a launcher that counts like joblib
+        return int(effective_n_jobs(n_jobs))
+    return n_jobs
 
 
 #: keys of the ``trainer`` node that are not lightning.Trainer arguments: the job's fast path
@@ -80,8 +94,5 @@ def gpu_memory_share(c: Mapping[str, Any]) -> float | None:
     (1 / n_jobs), so several small trials share one GPU without one taking it all."""
     if str(c.get("trainer", {}).get("accelerator", "cpu")) == "cpu" or not torch.cuda.is_available():
         return None
-    if HydraConfig.initialized():
-        n_jobs = int(HydraConfig.get().launcher.get("n_jobs") or 1)
-        if n_jobs > 1:
-            return 1.0 / n_jobs
-    return None
+    n_jobs = launcher_jobs()
+    return 1.0 / n_jobs if n_jobs > 1 else None

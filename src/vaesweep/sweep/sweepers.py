@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -28,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from vaesweep.cli import fail
 from vaesweep.contract import ATTR_FAIL_REASON, ATTR_PRUNED_REASON, TAG_HOST, TAG_PID, TAG_PID_START
 from vaesweep import stops
-from vaesweep.errors import ConfigError, VaesweepError, number, stop_signal
+from vaesweep.errors import ConfigError, Interrupted, VaesweepError, number, stop_signal
 from vaesweep.job.faults import machine_fault
 from vaesweep.sweep import compat
 from vaesweep.sweep.compat import BasicSweeper, OptunaSweeperImpl, create_params_from_overrides
@@ -42,7 +43,7 @@ from vaesweep.sweep.progress import sweep_progress
 from vaesweep.sweep.trial import storage
 from vaesweep.tracking.run import check_store, creation_lock, set_note, store_error
 from vaesweep.tracking.tags import set_tags
-from vaesweep.tracking.stale import close_stale_runs, owner, owner_alive
+from vaesweep.tracking.stale import close_children, close_stale_runs, owner, owner_alive
 
 log = logging.getLogger("vaesweep.sweep")
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -263,6 +264,40 @@ def is_parallel_launcher(launcher: Any) -> bool:
     return bool(target) and not target.endswith("basic_launcher.BasicLauncher")
 
 
+def trials_at_once(n_jobs: Any, launcher: Any) -> Any:
+    """``hydra.sweeper.n_jobs``, the trials the Optuna sweeper asks for and launches together:
+    when it is not set (null), the launcher's own ``n_jobs`` (joblib's; -1 is every core, as
+    joblib counts them), else 1. Says so in one log line, and warns when a set value leaves
+    some of the launcher's ``n_jobs`` workers idle, or when a parallel launcher without
+    ``n_jobs`` (Ray, SLURM) gets one trial at a time: a launcher's setting is never silently
+    outweighed. A value that is no whole number >= 1 is returned as it is (checked later)."""
+    launcher = launcher or {}
+    parallel = is_parallel_launcher(launcher)
+    workers = launcher.get("n_jobs") if parallel else None
+    if isinstance(workers, int) and not isinstance(workers, bool) and workers != 0:
+        from joblib import effective_n_jobs  # the launcher's own count of -1 (every core)
+        workers = int(effective_n_jobs(workers))
+    else:
+        workers = None
+    name = str(launcher.get("_target_", "")).rsplit(".", 1)[-1]
+    if n_jobs is None:
+        if workers is not None:
+            log.info("hydra.sweeper.n_jobs follows hydra.launcher.n_jobs=%s: %d trial(s) at once",
+                     launcher.get("n_jobs"), workers)
+            return workers
+        if parallel:
+            log.warning("hydra.sweeper.n_jobs is not set: the %s runs 1 trial at a time (set "
+                        "hydra.sweeper.n_jobs=K to run K at once)", name)
+        return 1
+    if (workers is not None and isinstance(n_jobs, int) and not isinstance(n_jobs, bool)
+            and 0 < n_jobs < workers):
+        log.warning("hydra.sweeper.n_jobs=%d: %d trial(s) at a time, so %d of the %d workers of "
+                    "hydra.launcher.n_jobs=%s stay idle (leave hydra.sweeper.n_jobs unset to "
+                    "follow the launcher)", n_jobs, n_jobs, workers - n_jobs, workers,
+                    launcher.get("n_jobs"))
+    return n_jobs
+
+
 def objective_names(config: DictConfig) -> list[str]:
     obj = config.get("objective") or []
     return [obj] if isinstance(obj, str) else [str(o) for o in obj]
@@ -284,8 +319,37 @@ class _ParentMixin:
         self.sweep_name = s["sweep"]
         close_stale_runs(s["uri"], s["experiment"], s["sweep"])
         parent = open_parent(s["uri"], s["experiment"], s["sweep"], study, resume, run_id)
+        self.parent_run_id = parent.run_id
         self.launcher.extra = job_overrides(self.config, parent.run_id)
         return parent
+
+    def _close_launched(self, e: BaseException, trials: Sequence[int] | None = None) -> None:
+        """A launch that ended in ``e`` (the user stopped the sweep; a worker died): the
+        RUNNING runs of its jobs (``trials``: the Optuna trials launched; None: every child of
+        this sweep's parent run) end KILLED for a stop, FAILED otherwise (README
+        "Reliability"), and a stop's one line names them. A parallel launcher's workers are
+        killed when the sweep stops (joblib's loky pool: SIGKILL), often before they could end
+        their runs. A store that cannot be written leaves them to the next start
+        (tracking/stale.py)."""
+        stop = stop_signal(e)
+        status = "KILLED" if stop else "FAILED"
+        what = type(e).__name__ + (f": {e}" if str(e) else "")
+        reason = (f"{what}; ended by the sweep process {os.getpid()}: the launch of its job "
+                  "ended")[:2000]
+        s = sweep_settings(self.config)
+        try:
+            with stops.held():  # a second Ctrl-C waits until the runs are ended
+                closed, ended = close_children(s["uri"], s["experiment"], self.parent_run_id,
+                                               status, reason,
+                                               None if trials is None else set(trials))
+        except Exception as err:  # the store itself failed: the next start marks them stale
+            log.error("Could not mark the sweep's RUNNING runs %s: %s", status, err)
+            return
+        if closed:
+            log.info("Marked %d RUNNING run(s) of the launched jobs %s: %s", len(closed),
+                     status, ", ".join(closed))
+        if isinstance(e, Interrupted):  # the stop's line names the runs it ended
+            e.killed_runs.extend(r for r in [*ended, *closed] if r not in e.killed_runs)
 
     def _check_tracking(self) -> None:
         """The MLflow store opens (its tables created) before a study is written, so a store
@@ -348,6 +412,7 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
         self._wrap_launcher()
 
     def sweep(self, arguments: list[str]) -> None:
+        self.n_jobs = trials_at_once(self.n_jobs, self.config.hydra.get("launcher"))
         study_name = self.study_name or sweep_settings(self.config)["sweep"]
         self.study_name = study_name
         directions = self._get_directions()
@@ -549,23 +614,26 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
                     break
                 trials = [ask_owned(study, me, self.design)
                           for _ in range(min(to_go, self.n_jobs))]
-            overrides = self._configure_trials(trials, space, fixed, fixed_overrides)
-            # a trial's folder is named by its number, which is unique in the study: workers
-            # that start in the same second share a sweep folder, and their job numbers repeat
-            self.launcher.per_job = [[f"study.trial={t.number}", f"hydra.sweep.subdir={t.number}"]
-                                     for t in trials]
             try:
+                overrides = self._configure_trials(trials, space, fixed, fixed_overrides)
+                # a trial's folder is named by its number, which is unique in the study: workers
+                # that start in the same second share a sweep folder, and their job numbers repeat
+                self.launcher.per_job = [[f"study.trial={t.number}",
+                                          f"hydra.sweep.subdir={t.number}"] for t in trials]
                 returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
-            except BaseException as e:  # Ctrl-C, SIGTERM: the trials end with the sweep
+                self.job_idx += len(returns)
+                for trial, ret in zip(trials, returns):
+                    ok = self._tell(study, trial, ret, directions)
+                    failures += not ok
+                    in_a_row = 0 if ok else in_a_row + 1
+                    done = len(study.get_trials(deepcopy=False, states=FINISHED))
+                    self._progress(study, trial, done, names)
+            except BaseException as e:  # Ctrl-C, SIGTERM, a machine fault: the trials end
+                # with the sweep, and so do their runs (a parallel launcher's killed workers
+                # could not end them)
                 fail_unfinished(study, trials, e)
+                self._close_launched(e, [t.number for t in trials])
                 raise
-            self.job_idx += len(returns)
-            for trial, ret in zip(trials, returns):
-                ok = self._tell(study, trial, ret, directions)
-                failures += not ok
-                in_a_row = 0 if ok else in_a_row + 1
-                done = len(study.get_trials(deepcopy=False, states=FINISHED))
-                self._progress(study, trial, done, names)
             if failures and failures / max(1, self.job_idx) > self.max_failure_rate:
                 raise RuntimeError(f"{failures} of {self.job_idx} trials failed, more than "
                                    f"hydra.sweeper.max_failure_rate={self.max_failure_rate}")
@@ -601,14 +669,35 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
             return True
         except Exception as e:
             reason = f"{type(e).__name__}: {e}"[:2000]
-            trial.set_user_attr(ATTR_FAIL_REASON, reason)
-            study.tell(trial, state=S.FAIL)
+            # disk full, read-only: every next trial would fail too. Told first: the trial's
+            # FAIL is then written on the same full disk, and its store error (Optuna's
+            # misleading "exceeding max length") hid the one-line stop behind tracebacks
+            fault = machine_fault(e)
+            try:
+                trial.set_user_attr(ATTR_FAIL_REASON, reason)
+                study.tell(trial, state=S.FAIL)
+            except Exception as store_e:
+                if not (fault or machine_fault(store_e)):
+                    raise
+                log.error("Could not mark trial %d FAIL (the next start marks it stale): %s",
+                          trial.number, " ".join(str(store_e).split())[:300])
+                if not fault:
+                    raise VaesweepError(f"trial {trial.number} could not be recorded on a fault "
+                                        "of the machine, the sweep stops: "
+                                        f"{type(store_e).__name__}: {store_e}"[:600]) from None
             log.warning("Trial %d failed: %s", trial.number, reason)
-            if machine_fault(e):  # disk full, read-only: every next trial would fail too
+            if fault:
                 raise VaesweepError(f"trial {trial.number} failed on a fault of the machine, "
-                                    f"the sweep stops: {reason[:500]}") from e
+                                    f"the sweep stops: {reason[:500]}") from None
             return False
-        study.tell(trial, values=values)
+        try:
+            study.tell(trial, values=values)
+        except Exception as store_e:
+            if not machine_fault(store_e):
+                raise
+            raise VaesweepError(f"trial {trial.number} could not be recorded on a fault of the "
+                                f"machine, the sweep stops: {type(store_e).__name__}: "
+                                f"{store_e}"[:600]) from None
         return True
 
     def _progress(self, study: optuna.Study, trial: optuna.Trial, done: int,
@@ -721,7 +810,11 @@ class VaesweepBasicSweeper(_ParentMixin, BasicSweeper):
             while not self.is_done():
                 batch = self.get_job_batch()
                 self.validate_batch_is_legal(batch)
-                results = self.launcher.launch(batch, initial_job_idx=idx)
+                try:
+                    results = self.launcher.launch(batch, initial_job_idx=idx)
+                except BaseException as e:  # Ctrl-C, SIGTERM, a dead worker: its runs end
+                    self._close_launched(e)
+                    raise
                 for r, ov in zip(results, batch):
                     try:
                         value = job_value(r)

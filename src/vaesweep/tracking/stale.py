@@ -16,7 +16,7 @@ import socket
 import time
 from typing import Any
 
-from vaesweep.contract import TAG_ERROR, TAG_HOST, TAG_PID, TAG_PID_START
+from vaesweep.contract import TAG_ERROR, TAG_HOST, TAG_PARENT, TAG_PID, TAG_PID_START, TAG_TRIAL
 from vaesweep.tracking.tags import set_tags
 
 log = logging.getLogger(__name__)
@@ -88,3 +88,33 @@ def close_stale_runs(uri: str, experiment: str, sweep: str) -> list[str]:
         log.warning("Marked %d stale MLflow run(s) of sweep %r KILLED: %s", len(closed), sweep,
                     ", ".join(closed))
     return closed
+
+
+def close_children(uri: str, experiment: str, parent_run_id: str, status: str, reason: str,
+                   trials: "set[int] | None" = None) -> tuple[list[str], list[str]]:
+    """Ends with ``status`` (KILLED for a stop, FAILED otherwise) and tag ``vaesweep.error`` =
+    ``reason`` the RUNNING child runs of ``parent_run_id`` (``trials``: only those whose
+    ``vaesweep.trial`` is one of them). Returns the ids of the runs it ended, and of those
+    already ended with ``status`` (by their own job). A sweep calls it when a launch ends in an
+    exception: a launcher's worker process (joblib's loky pool) is killed with SIGKILL when
+    the sweep stops, often before it could end its own run. Raises what the store raises."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return [], []
+    flt = f"tags.`{TAG_PARENT}` = '{parent_run_id}'"
+    closed, ended = [], []
+    for run in client.search_runs([exp.experiment_id], flt, max_results=50000):
+        trial = run.data.tags.get(TAG_TRIAL)
+        if trials is not None and (trial is None or int(trial) not in trials):
+            continue
+        if run.info.status == status and trials is not None:
+            ended.append(run.info.run_id)
+        if run.info.status != "RUNNING":
+            continue
+        set_tags(client, run.info.run_id, {TAG_ERROR: reason})
+        client.set_terminated(run.info.run_id, status)
+        closed.append(run.info.run_id)
+    return closed, ended
