@@ -15,7 +15,10 @@ from omegaconf import OmegaConf
 from vaesweep.contract import ATTR_RUN_ID, DEFAULT_STORAGE, TAG_REPRODUCES
 from vaesweep.contract import DEFAULT_TRACKING_URI as DEFAULT_URI
 from vaesweep.errors import ConfigError
-from vaesweep.tracking.run import check_tracking_uri, sqlite_path
+from vaesweep.tracking.run import check_sqlite_file, check_tracking_uri, sqlite_path, store_error
+
+#: the key and allowed value of a storage ``vaesweep best`` and ``report`` read
+STORAGE_READ = ("--storage", "a readable Optuna storage")
 
 
 
@@ -40,10 +43,11 @@ def load_study(name: str, storage: str) -> optuna.Study:
         raise ConfigError("--storage", storage, "an existing Optuna storage",
                           f"{path} does not exist: run the sweep here first, e.g. "
                           f"`vaesweep -m +sweep={name}`, or pass --storage")
+    check_sqlite_file(storage, STORAGE_READ)
     try:
         names = optuna.get_all_study_names(storage)
     except Exception as e:
-        raise ConfigError("--storage", storage, f"a reachable Optuna storage URL ({e})") from None
+        raise store_error(storage, e, ("--storage", "a reachable Optuna storage URL")) from None
     if name not in names:
         raise ConfigError("sweep", name, names or "a study in this storage (none yet: run "
                           "`vaesweep -m +sweep=quick` first)")
