@@ -119,6 +119,9 @@ def best_main(argv: Sequence[str]) -> int:
         check_tracking_uri(a.tracking_uri)  # a read: no new empty store (MlflowClient makes one)
         cfg = run_config(MlflowClient(tracking_uri=a.tracking_uri), run_id)
         out = Path(a.out or f"best_{a.sweep}.yaml")
+        from vaesweep.job.rundir import check_writable
+        check_writable("--out", str(out), out, "run vaesweep best from a writable folder, "
+                       "or pass --out PATH")
         write_config(out, cfg, run_id, f"study {study.study_name}, trial {first.number}")
         print(f"wrote the resolved config of trial {first.number} to {out}"
               f"\n  re-run it with: vaesweep reproduce {run_id}   (or: vaesweep reproduce {out})")

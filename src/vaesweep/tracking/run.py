@@ -215,8 +215,13 @@ def experiment_id(client: MlflowClient, name: str) -> str:
     tagged as a model-training experiment (:data:`TAG_EXPERIMENT_KIND`) unless it has a kind."""
     exp = client.get_experiment_by_name(name)
     if exp is None:
+        from vaesweep.contract import launch_dir
+        where = None  # MLflow's default: ./mlruns of the working folder
+        if sqlite_path(client.tracking_uri) is not None and Path.cwd().resolve() != launch_dir().resolve():
+            where = str(launch_dir().resolve() / "mlruns")  # hydra.job.chdir=true: not the job's folder
         try:
-            return client.create_experiment(name, tags={TAG_EXPERIMENT_KIND: MODEL_TRAINING})
+            return client.create_experiment(name, artifact_location=where,
+                                            tags={TAG_EXPERIMENT_KIND: MODEL_TRAINING})
         except Exception as e:
             if getattr(e, "error_code", None) != "RESOURCE_ALREADY_EXISTS":
                 raise
