@@ -451,3 +451,32 @@ def test_servers_in_the_readme_bind_to_localhost():
     assert commands
     for line in commands:
         assert "--host 127.0.0.1" in line, line
+
+
+# -- what a run writes where ------------------------------------------------------------------
+def test_refused_run_leaves_no_outputs_folder(cwd):
+    code, err = main([*BASE, "kl.beta_norm=-1"])
+    check(code, err, ["kl.beta_norm=-1"], 2)
+    assert not (cwd / "outputs").exists(), list((cwd / "outputs").rglob("*"))
+
+
+def test_run_and_best_in_a_read_only_folder_are_one_line(cwd, read_only_dir, monkeypatch):
+    monkeypatch.chdir(read_only_dir)
+    code, err = main(BASE)
+    check(code, err, ["hydra.run.dir=", "a folder that can be written", str(read_only_dir)], 2)
+    storage = f"sqlite:///{cwd / 'study.db'}"
+    study = optuna.create_study(study_name="single", storage=storage, direction="minimize")
+    study.add_trial(optuna.trial.create_trial(
+        params={"kl.beta_norm": 0.1}, values=[1.0], user_attrs={"mlflow_run_id": "0" * 32},
+        distributions={"kl.beta_norm": optuna.distributions.FloatDistribution(1e-3, 10, log=True)}))
+    code, err = main(["best", "single", "--storage", storage,
+                      "--tracking-uri", f"sqlite:///{cwd / 'mlflow.db'}"])
+    check(code, err, ["--out='best_single.yaml'", "a folder that can be written", "--out PATH"], 2)
+
+
+def test_chdir_run_logs_into_the_launch_folder_store(cwd):
+    code, err = main([*BASE, "hydra.job.chdir=true", "tracking.uri=sqlite:///mlflow.db"])
+    assert code == 0, err[-3000:]
+    assert [r.info.status for r in search_runs(f"sqlite:///{cwd / 'mlflow.db'}")] == ["FINISHED"]
+    assert not list((cwd / "outputs").rglob("mlflow.db"))
+    assert not list((cwd / "outputs").rglob("mlruns"))

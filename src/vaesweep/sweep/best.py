@@ -116,12 +116,12 @@ def best_main(argv: Sequence[str]) -> int:
     first = best[0]
     run_id = first.user_attrs.get(ATTR_RUN_ID)
     if run_id:
-        check_tracking_uri(a.tracking_uri)  # a read: no new empty store (MlflowClient makes one)
-        cfg = run_config(MlflowClient(tracking_uri=a.tracking_uri), run_id)
         out = Path(a.out or f"best_{a.sweep}.yaml")
         from vaesweep.job.rundir import check_writable
         check_writable("--out", str(out), out, "run vaesweep best from a writable folder, "
                        "or pass --out PATH")
+        check_tracking_uri(a.tracking_uri)  # a read: no new empty store (MlflowClient makes one)
+        cfg = run_config(MlflowClient(tracking_uri=a.tracking_uri), run_id)
         write_config(out, cfg, run_id, f"study {study.study_name}, trial {first.number}")
         print(f"wrote the resolved config of trial {first.number} to {out}"
               f"\n  re-run it with: vaesweep reproduce {run_id}   (or: vaesweep reproduce {out})")
