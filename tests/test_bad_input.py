@@ -480,3 +480,16 @@ def test_chdir_run_logs_into_the_launch_folder_store(cwd):
     assert [r.info.status for r in search_runs(f"sqlite:///{cwd / 'mlflow.db'}")] == ["FINISHED"]
     assert not list((cwd / "outputs").rglob("mlflow.db"))
     assert not list((cwd / "outputs").rglob("mlruns"))
+
+
+def test_reproducing_a_pruned_run_says_so_up_front():
+    from types import SimpleNamespace
+
+    from vaesweep.sweep.best import pruned_note
+    run = SimpleNamespace(info=SimpleNamespace(run_id="abc"), data=SimpleNamespace(tags={
+        "vaesweep.state": "PRUNED",
+        "vaesweep.error": "TrialPruned: pruned at step 2: val/distortion=3.1"}))
+    assert pruned_note(run, 600) == ("run abc was pruned at step 2 of 600; reproducing the "
+                                     "full run, so its metrics will differ from the pruned run's")
+    run.data.tags = {}
+    assert pruned_note(run, 600) is None

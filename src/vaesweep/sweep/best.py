@@ -139,6 +139,22 @@ def _has_run(uri: str, run_id: str) -> bool:
     return True
 
 
+def pruned_note(run: Any, max_steps: Any) -> str | None:
+    """What to say up front when the original MLflow ``run`` was pruned (tag
+    ``vaesweep.state=PRUNED``, its ``vaesweep.error`` naming the step): the reproduction
+    trains all ``max_steps``, so its metrics differ from the pruned run's. None otherwise."""
+    import re
+
+    from vaesweep.contract import TAG_ERROR, TAG_STATE
+    tags = run.data.tags
+    if tags.get(TAG_STATE) != "PRUNED":
+        return None
+    m = re.search(r"pruned at step (\d+)", tags.get(TAG_ERROR, ""))
+    at = f"at step {m.group(1)} of {max_steps}" if m else f"before step {max_steps}"
+    return (f"run {run.info.run_id} was pruned {at}; reproducing the full run, so its "
+            "metrics will differ from the pruned run's")
+
+
 def reproduce_main(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="vaesweep reproduce", description=(
         "Re-run the exact resolved config of an MLflow run (or a config file written by "
@@ -163,6 +179,12 @@ def reproduce_main(argv: Sequence[str]) -> int:
     cfg.study.parent_run_id = None
     cfg.tracking.uri = a.tracking_uri
     from vaesweep.train import run_job  # start-up time: torch only when reproducing
+    note = None
+    if original is not None:
+        note = pruned_note(MlflowClient(tracking_uri=a.tracking_uri).get_run(original),
+                           (cfg.get("trainer") or {}).get("max_steps"))
+        if note:
+            print(note)
     tags = {TAG_REPRODUCES: original or str(a.source)}
     metrics = run_job(cfg, tags=tags)
     new_id = metrics.pop("_run_id")
@@ -180,5 +202,6 @@ def reproduce_main(argv: Sequence[str]) -> int:
         d = n - o
         differ += not (d == 0 or (math.isnan(o) and math.isnan(n)))
         print(f"  {k:32s} {o:14.6g} {n:14.6g} {d:12.3g}")
-    print("identical" if differ == 0 else f"{differ} metric(s) differ")
+    print("identical" if differ == 0 else f"{differ} metric(s) differ"
+          + (" (the original was pruned: see above)" if note else ""))
     return 0
