@@ -49,7 +49,9 @@ def main_out(args: list[str]) -> tuple[int, str, str]:
 
     from vaesweep.cli import main as cli_main
 
-    if args and args[0] != "sweep":
+    from vaesweep.cli import SUBCOMMANDS
+
+    if args and args[0] != "sweep" and args[0] not in SUBCOMMANDS:
         keys = {a.split("=", 1)[0].lstrip("+") for a in args}
         args = [*args, *[f"{k}=sqlite:///{Path.cwd() / f}" for k, f in
                          (("tracking.uri", "mlflow.db"), ("study.storage", "optuna.db"))
@@ -376,6 +378,55 @@ def test_storage_folder_read_only(cwd, read_only_dir):
     assert not (cwd / "mlflow.db").exists() or not search_runs(f"sqlite:///{cwd}/mlflow.db")
 
 
+# -- damaged stores ------------------------------------------------------------------------------
+def damaged_copy(db: Path, name: str) -> Path:
+    """A copy of the SQLite file ``db`` cut to its first 40 kB, as a full disk or a killed copy
+    leaves it."""
+    out = db.with_name(name)
+    out.write_bytes(db.read_bytes()[:40_000])
+    return out
+
+
+def one_line(code: int, err: str, needles: list[str]) -> None:
+    check(code, err, needles, 2)
+    assert "[SQL" not in err and "sqlalche.me" not in err, err
+    assert len([line for line in err.splitlines() if "error:" in line]) == 1, err
+
+
+def test_truncated_stores_are_one_line_in_every_command(cwd):
+    code, err = main(BASE)  # a real store, written by a tiny run
+    assert code == 0, err[-3000:]
+    run_id = search_runs(f"sqlite:///{cwd / 'mlflow.db'}")[0].info.run_id
+    bad_uri = f"sqlite:///{damaged_copy(cwd / 'mlflow.db', 'damaged_mlflow.db')}"
+    # a study whose best trial names that run: `best` reads the tracking store
+    storage = f"sqlite:///{cwd / 'study.db'}"
+    study = optuna.create_study(study_name="single", storage=storage, direction="minimize")
+    study.add_trial(optuna.trial.create_trial(
+        params={"kl.beta_norm": 0.1}, values=[1.0], user_attrs={"mlflow_run_id": run_id},
+        distributions={"kl.beta_norm": optuna.distributions.FloatDistribution(1e-3, 10, log=True)}))
+    needles = [f"--tracking-uri='{bad_uri}'", "a readable MLflow tracking store",
+               "not a readable SQLite database", "restore it from a backup"]
+    for args in (["best", "single", "--storage", storage, "--tracking-uri", bad_uri,
+                  "--out", str(cwd / "best.yaml")],
+                 ["report", "quick", "--tracking-uri", bad_uri, "--out", str(cwd / "report")],
+                 ["reproduce", run_id, "--tracking-uri", bad_uri]):
+        code, err = main(args)
+        one_line(code, err, needles)
+    assert not (cwd / "best.yaml").exists() and not (cwd / "report").exists()
+    # the Optuna storage: best, and a sweep that would resume its study
+    bad_storage = f"sqlite:///{damaged_copy(cwd / 'study.db', 'damaged_optuna.db')}"
+    needles = [f"--storage='{bad_storage}'", "a readable Optuna storage",
+               "not a readable SQLite database"]
+    good_uri = f"sqlite:///{cwd / 'mlflow.db'}"
+    code, err = main(["best", "single", "--storage", bad_storage, "--tracking-uri", good_uri])
+    one_line(code, err, needles)
+    code, err = main([*SWEEP, *SINGLE, f"study.storage={bad_storage}"])
+    one_line(code, err, [f"hydra.sweeper.storage='{bad_storage}'", "not a readable SQLite database"])
+    # a single run logging into the damaged tracking store
+    code, err = main([*BASE, f"tracking.uri={bad_uri}"])
+    one_line(code, err, [f"tracking.uri='{bad_uri}'", "not a readable SQLite database"])
+
+
 # -- security ---------------------------------------------------------------------------------
 def test_checkpoint_that_runs_code_is_refused(cwd):
     marker = cwd / "pwned"
@@ -419,3 +470,45 @@ def test_servers_in_the_readme_bind_to_localhost():
     assert commands
     for line in commands:
         assert "--host 127.0.0.1" in line, line
+
+
+# -- what a run writes where ------------------------------------------------------------------
+def test_refused_run_leaves_no_outputs_folder(cwd):
+    code, err = main([*BASE, "kl.beta_norm=-1"])
+    check(code, err, ["kl.beta_norm=-1"], 2)
+    assert not (cwd / "outputs").exists(), list((cwd / "outputs").rglob("*"))
+
+
+def test_run_and_best_in_a_read_only_folder_are_one_line(cwd, read_only_dir, monkeypatch):
+    monkeypatch.chdir(read_only_dir)
+    code, err = main(BASE)
+    check(code, err, ["hydra.run.dir=", "a folder that can be written", str(read_only_dir)], 2)
+    storage = f"sqlite:///{cwd / 'study.db'}"
+    study = optuna.create_study(study_name="single", storage=storage, direction="minimize")
+    study.add_trial(optuna.trial.create_trial(
+        params={"kl.beta_norm": 0.1}, values=[1.0], user_attrs={"mlflow_run_id": "0" * 32},
+        distributions={"kl.beta_norm": optuna.distributions.FloatDistribution(1e-3, 10, log=True)}))
+    code, err = main(["best", "single", "--storage", storage,
+                      "--tracking-uri", f"sqlite:///{cwd / 'mlflow.db'}"])
+    check(code, err, ["--out='best_single.yaml'", "a folder that can be written", "--out PATH"], 2)
+
+
+def test_chdir_run_logs_into_the_launch_folder_store(cwd):
+    code, err = main([*BASE, "hydra.job.chdir=true", "tracking.uri=sqlite:///mlflow.db"])
+    assert code == 0, err[-3000:]
+    assert [r.info.status for r in search_runs(f"sqlite:///{cwd / 'mlflow.db'}")] == ["FINISHED"]
+    assert not list((cwd / "outputs").rglob("mlflow.db"))
+    assert not list((cwd / "outputs").rglob("mlruns"))
+
+
+def test_reproducing_a_pruned_run_says_so_up_front():
+    from types import SimpleNamespace
+
+    from vaesweep.sweep.best import pruned_note
+    run = SimpleNamespace(info=SimpleNamespace(run_id="abc"), data=SimpleNamespace(tags={
+        "vaesweep.state": "PRUNED",
+        "vaesweep.error": "TrialPruned: pruned at step 2: val/distortion=3.1"}))
+    assert pruned_note(run, 600) == ("run abc was pruned at step 2 of 600; reproducing the "
+                                     "full run, so its metrics will differ from the pruned run's")
+    run.data.tags = {}
+    assert pruned_note(run, 600) is None

@@ -14,9 +14,10 @@ from vaesweep.stops import catching_stops
 log = logging.getLogger("vaesweep")
 
 #: the ``_target_`` a config may name for ``hydra.utils.instantiate`` anywhere in the app (Hydra
-#: callbacks, logging handlers beyond Hydra's own): none. Call sites add what they need
-#: (the sweepers: optuna.samplers.*, optuna.pruners.*), so a config cannot run other code.
-EXECUTION_WHITELIST: tuple[str, ...] = ()
+#: callbacks, logging handlers beyond Hydra's own): vaesweep's own run-folder callback only.
+#: Call sites add what they need (the sweepers: optuna.samplers.*, optuna.pruners.*), so a
+#: config cannot run other code.
+EXECUTION_WHITELIST: tuple[str, ...] = ("vaesweep.job.rundir.RunDir",)
 
 
 CONF_DIR = conf_dir()
@@ -106,6 +107,8 @@ def _task(cfg: Any) -> Any:
         metrics = run_job(cfg)
     except VaesweepError as e:
         if HydraConfig.get().mode == RunMode.RUN:
+            from vaesweep.job.rundir import remove_refused
+            remove_refused()  # a refused run leaves no outputs/<day>/<time>/ behind
             fail(e)
         raise
     except Exception as e:

@@ -120,12 +120,33 @@ def sqlite_path(uri: str) -> Path | None:
     return None if path in ("", ":memory:") else Path(path).expanduser()
 
 
+def launch_dir() -> Path:
+    """The folder the command was started from, which relative paths of the config (stores,
+    data roots, checkpoints) are read against: Hydra's ``hydra.runtime.cwd`` inside a Hydra
+    job or sweeper (a job with ``hydra.job.chdir=true`` runs in its output folder), else the
+    working folder."""
+    from hydra.core.hydra_config import HydraConfig  # start-up time: only when resolving
+    if HydraConfig.initialized():
+        cwd = HydraConfig.get().runtime.get("cwd")
+        if cwd:
+            return Path(str(cwd))
+    return Path.cwd()
+
+
+def launch_path(path: str | os.PathLike) -> Path:
+    """``path`` with ``~`` expanded, read against :func:`launch_dir` when relative."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else launch_dir() / p
+
+
 def absolute_sqlite(uri: str) -> str:
-    """``sqlite:///rel.db`` as an absolute URI (other URIs unchanged): MLflow caches stores by
-    URI, so a relative path would stay bound to the first working directory of the process."""
+    """``sqlite:///rel.db`` as an absolute URI, relative to :func:`launch_dir` (other URIs
+    unchanged): MLflow caches stores by URI, so a relative path would stay bound to the first
+    working directory of the process; and a job with ``hydra.job.chdir=true`` would write its
+    store into its own output folder, where ``best``, ``report`` and the UI do not look."""
     if uri.startswith(SQLITE_PREFIX) and not uri.startswith(SQLITE_PREFIX + "/") and ":memory:" not in uri:
         path, sep, query = uri[len(SQLITE_PREFIX):].partition("?")
-        return SQLITE_PREFIX + str(Path(path).expanduser().resolve()) + sep + query
+        return SQLITE_PREFIX + str(launch_path(path).resolve()) + sep + query
     return uri
 
 

@@ -317,9 +317,12 @@ def check_data(cfg: Mapping, config: type[DataConfig]) -> Any:
 
 
 def data_root(cfg: Mapping) -> Path:
-    """``data.root``, else ``$VAESWEEP_DATA``, else ~/.cache/vaesweep; ``~`` expanded."""
+    """``data.root``, else ``$VAESWEEP_DATA``, else ~/.cache/vaesweep; ``~`` expanded; a
+    relative folder is read against the folder the command was started from (not a
+    ``hydra.job.chdir=true`` job's output folder)."""
+    from vaesweep.contract import launch_path
     root = cfg_get(cfg, "root") or os.environ.get("VAESWEEP_DATA") or DEFAULT_ROOT
-    return Path(str(root)).expanduser()
+    return launch_path(str(root))
 
 
 def subset_size(cfg: Mapping, n: int) -> int | None:

@@ -197,6 +197,8 @@ def prepare(cfg: DictConfig | Mapping[str, Any], out: Path | None, sweep: bool =
     c = resolve(cfg)
     check_job(c)
     c["tracking"]["uri"] = absolute_sqlite(str(c["tracking"]["uri"]))
+    if isinstance((c.get("study") or {}).get("storage"), str):  # a trial re-opens its study
+        c["study"]["storage"] = absolute_sqlite(c["study"]["storage"])
     dm = VAEDataModule(c["data"])
     module = VAEModule(c, dm.imageset.shape)
     ckpt = None

@@ -35,7 +35,8 @@ def resolve_ckpt(value: Any, out: Path) -> Path | None:
                               "`last` is looked up in this run's output folder: set "
                               "hydra.run.dir=<the killed run's folder>, or give the checkpoint's path")
         return path
-    path = Path(str(value)).expanduser()
+    from vaesweep.contract import launch_path
+    path = launch_path(str(value))  # relative: to the folder the command was started from
     if not path.is_file():
         raise ConfigError("ckpt_path", str(value), "null, last, or the path of a checkpoint file",
                           f"{path} does not exist")

@@ -70,11 +70,16 @@ def make_report(sweep: str, tracking_uri: str = DEFAULT_URI, *,
                 experiment: str = DEFAULT_EXPERIMENT, parent_run_id: str | None = None,
                 max_images: int = 6, log_to_mlflow: bool = True) -> dict[str, Path]:
     """Load ``sweep``, build and write its report into ``out`` (default ``report_<sweep>``),
-    and log it to the parent run; returns the written paths."""
+    and log it to the parent run; returns the written paths. An ``out`` that cannot be
+    written is a :class:`vaesweep.errors.ConfigError` naming ``--out``, before any reading."""
+    from vaesweep.job.rundir import check_writable
+    out = Path(out or f"report_{sweep}")
+    check_writable("--out", str(out), out, "run vaesweep report from a writable folder, or "
+                   "pass --out FOLDER")  # before the report is built
     data = load_sweep(sweep, tracking_uri, experiment=experiment, storage=storage,
                       parent_run_id=parent_run_id)
     report = build_report(data, max_images=max_images)
-    paths = write_report(report, Path(out or f"report_{sweep}"))
+    paths = write_report(report, out)
     log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
     if log_to_mlflow:
         log_report(data, paths)

@@ -351,7 +351,9 @@ def study_info(name: str, storage: str, df: pd.DataFrame) -> tuple[StudyInfo | N
         return None, df
     import optuna
 
-    from vaesweep.sweep.best import best_trials  # start-up time: Optuna only when a study is read
+    from vaesweep.sweep.best import STORAGE_READ, best_trials  # start-up time: Optuna when read
+    from vaesweep.tracking.run import check_sqlite_file, store_error
+    check_sqlite_file(storage, STORAGE_READ)  # a damaged file is an error, not "no study"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         if name not in optuna.get_all_study_names(storage):
@@ -359,7 +361,8 @@ def study_info(name: str, storage: str, df: pd.DataFrame) -> tuple[StudyInfo | N
             return None, df
         study = optuna.load_study(study_name=name, storage=storage)
     except Exception as e:  # noqa: BLE001 - the report still has MLflow's numbers
-        log.warning("could not read the Optuna study %r from %s: %s", name, storage, e)
+        log.warning("could not read the Optuna study %r from %s: %s", name, storage,
+                    store_error(storage, e, STORAGE_READ))
         return None, df
     trials = study.get_trials(deepcopy=False)
     states: dict[str, int] = {}

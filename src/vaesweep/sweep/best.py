@@ -15,7 +15,10 @@ from omegaconf import OmegaConf
 from vaesweep.contract import ATTR_RUN_ID, DEFAULT_STORAGE, TAG_REPRODUCES
 from vaesweep.contract import DEFAULT_TRACKING_URI as DEFAULT_URI
 from vaesweep.errors import ConfigError
-from vaesweep.tracking.run import check_tracking_uri, sqlite_path
+from vaesweep.tracking.run import check_sqlite_file, check_tracking_uri, sqlite_path, store_error
+
+#: the key and allowed value of a storage ``vaesweep best`` and ``report`` read
+STORAGE_READ = ("--storage", "a readable Optuna storage")
 
 
 
@@ -40,10 +43,11 @@ def load_study(name: str, storage: str) -> optuna.Study:
         raise ConfigError("--storage", storage, "an existing Optuna storage",
                           f"{path} does not exist: run the sweep here first, e.g. "
                           f"`vaesweep -m +sweep={name}`, or pass --storage")
+    check_sqlite_file(storage, STORAGE_READ)
     try:
         names = optuna.get_all_study_names(storage)
     except Exception as e:
-        raise ConfigError("--storage", storage, f"a reachable Optuna storage URL ({e})") from None
+        raise store_error(storage, e, ("--storage", "a reachable Optuna storage URL")) from None
     if name not in names:
         raise ConfigError("sweep", name, names or "a study in this storage (none yet: run "
                           "`vaesweep -m +sweep=quick` first)")
@@ -112,9 +116,12 @@ def best_main(argv: Sequence[str]) -> int:
     first = best[0]
     run_id = first.user_attrs.get(ATTR_RUN_ID)
     if run_id:
+        out = Path(a.out or f"best_{a.sweep}.yaml")
+        from vaesweep.job.rundir import check_writable
+        check_writable("--out", str(out), out, "run vaesweep best from a writable folder, "
+                       "or pass --out PATH")
         check_tracking_uri(a.tracking_uri)  # a read: no new empty store (MlflowClient makes one)
         cfg = run_config(MlflowClient(tracking_uri=a.tracking_uri), run_id)
-        out = Path(a.out or f"best_{a.sweep}.yaml")
         write_config(out, cfg, run_id, f"study {study.study_name}, trial {first.number}")
         print(f"wrote the resolved config of trial {first.number} to {out}"
               f"\n  re-run it with: vaesweep reproduce {run_id}   (or: vaesweep reproduce {out})")
@@ -130,6 +137,22 @@ def _has_run(uri: str, run_id: str) -> bool:
     except Exception:
         return False
     return True
+
+
+def pruned_note(run: Any, max_steps: Any) -> str | None:
+    """What to say up front when the original MLflow ``run`` was pruned (tag
+    ``vaesweep.state=PRUNED``, its ``vaesweep.error`` naming the step): the reproduction
+    trains all ``max_steps``, so its metrics differ from the pruned run's. None otherwise."""
+    import re
+
+    from vaesweep.contract import TAG_ERROR, TAG_STATE
+    tags = run.data.tags
+    if tags.get(TAG_STATE) != "PRUNED":
+        return None
+    m = re.search(r"pruned at step (\d+)", tags.get(TAG_ERROR, ""))
+    at = f"at step {m.group(1)} of {max_steps}" if m else f"before step {max_steps}"
+    return (f"run {run.info.run_id} was pruned {at}; reproducing the full run, so its "
+            "metrics will differ from the pruned run's")
 
 
 def reproduce_main(argv: Sequence[str]) -> int:
@@ -156,6 +179,12 @@ def reproduce_main(argv: Sequence[str]) -> int:
     cfg.study.parent_run_id = None
     cfg.tracking.uri = a.tracking_uri
     from vaesweep.train import run_job  # start-up time: torch only when reproducing
+    note = None
+    if original is not None:
+        note = pruned_note(MlflowClient(tracking_uri=a.tracking_uri).get_run(original),
+                           (cfg.get("trainer") or {}).get("max_steps"))
+        if note:
+            print(note)
     tags = {TAG_REPRODUCES: original or str(a.source)}
     metrics = run_job(cfg, tags=tags)
     new_id = metrics.pop("_run_id")
@@ -173,5 +202,6 @@ def reproduce_main(argv: Sequence[str]) -> int:
         d = n - o
         differ += not (d == 0 or (math.isnan(o) and math.isnan(n)))
         print(f"  {k:32s} {o:14.6g} {n:14.6g} {d:12.3g}")
-    print("identical" if differ == 0 else f"{differ} metric(s) differ")
+    print("identical" if differ == 0 else f"{differ} metric(s) differ"
+          + (" (the original was pruned: see above)" if note else ""))
     return 0

@@ -567,8 +567,8 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
                               f"an Optuna RDB URL such as sqlite:///optuna.db or "
                               f"postgresql://user@host/db ({type(e).__name__}: {e})") from None
         except Exception as e:  # sqlalchemy OperationalError: server down, bad path
-            raise ConfigError("hydra.sweeper.storage", self.storage,
-                              f"a reachable Optuna storage ({type(e).__name__}: {e})") from None
+            raise store_error(str(self.storage), e, ("hydra.sweeper.storage",
+                                                     "a reachable Optuna storage")) from None
         stored = [d.name.lower() for d in study.directions]
         if stored != [d.lower() for d in directions]:
             raise ConfigError("hydra.sweeper.direction", list(directions),

@@ -138,6 +138,7 @@ def check_store(uri: str, key: tuple[str, str] = TRACKING, timeout: float = 10.0
                     pass
         except OSError as e:
             raise ConfigError(key[0], uri, key[1], f"{e.strerror or e}: {folder}") from None
+        check_sqlite_file(uri, key)
         if key == TRACKING:  # create MLflow's tables now, one process at a time
             try:
                 with creation_lock(uri):
@@ -164,6 +165,35 @@ def check_store(uri: str, key: tuple[str, str] = TRACKING, timeout: float = 10.0
             raise store_error(uri, e, key) from None
 
 
+def check_sqlite_file(uri: str, key: tuple[str, str] = TRACKING) -> None:
+    """Refuses, with one :class:`ConfigError` naming ``key``, an ``sqlite:///`` store whose file
+    exists but is no readable SQLite database (truncated, overwritten, not SQLite): SQLite's
+    ``PRAGMA quick_check`` on the file opened read-only. A file that does not exist, a locked
+    database (another worker writing) and other stores pass: their own calls report them.
+    MLflow and Optuna would otherwise fail with an SQLAlchemy traceback (``database disk
+    image is malformed``)."""
+    import sqlite3
+    path = sqlite_path(uri)
+    if path is None or not path.is_file():
+        return
+    try:
+        con = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=60)
+        try:
+            row = con.execute("PRAGMA quick_check(1)").fetchone()
+        finally:
+            con.close()
+    except sqlite3.OperationalError:  # locked, or cannot be opened: not known to be corrupt
+        return
+    except sqlite3.DatabaseError as e:  # "database disk image is malformed", "file is not a database"
+        problem = f"{type(e).__name__}: {e}"
+    else:
+        if row is None or row[0] == "ok":
+            return
+        problem = f"quick_check: {str(row[0]).splitlines()[0][:200]}"
+    raise ConfigError(key[0], uri, key[1], f"{path} is not a readable SQLite database ({problem}): "
+                      "restore it from a backup, or move it aside to start a new store")
+
+
 def check_tracking_uri(uri: str) -> None:
     """A SQLite store that does not exist is a user error (MLflow would create an empty one)."""
     if "://" not in uri and not uri.startswith("databricks"):
@@ -177,6 +207,7 @@ def check_tracking_uri(uri: str) -> None:
     if urlparse(uri).scheme == "file":
         raise ConfigError("--tracking-uri", uri, "a database or server URI (sqlite:///..., "
                           "postgresql://..., http://...)")
+    check_sqlite_file(uri, ("--tracking-uri", "a readable MLflow tracking store"))
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:
@@ -184,8 +215,13 @@ def experiment_id(client: MlflowClient, name: str) -> str:
     tagged as a model-training experiment (:data:`TAG_EXPERIMENT_KIND`) unless it has a kind."""
     exp = client.get_experiment_by_name(name)
     if exp is None:
+        from vaesweep.contract import launch_dir
+        where = None  # MLflow's default: ./mlruns of the working folder
+        if sqlite_path(client.tracking_uri) is not None and Path.cwd().resolve() != launch_dir().resolve():
+            where = str(launch_dir().resolve() / "mlruns")  # hydra.job.chdir=true: not the job's folder
         try:
-            return client.create_experiment(name, tags={TAG_EXPERIMENT_KIND: MODEL_TRAINING})
+            return client.create_experiment(name, artifact_location=where,
+                                            tags={TAG_EXPERIMENT_KIND: MODEL_TRAINING})
         except Exception as e:
             if getattr(e, "error_code", None) != "RESOURCE_ALREADY_EXISTS":
                 raise
