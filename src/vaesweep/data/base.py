@@ -193,6 +193,14 @@ class ImageSet:
         """Bytes of image storage."""
         return self.data.numel() * self.data.element_size()
 
+    def value_range(self) -> tuple[float, float]:
+        """(lowest, highest) value of the batches this set gives (for the heads that model
+        values in [0, 1] only); ``(0, 0)`` when it is empty."""
+        if self.codec == "bits" or not len(self):
+            return (0.0, 1.0 if len(self) else 0.0)
+        lo, hi = float(self.data.min()), float(self.data.max())
+        return (lo * self.scale, hi * self.scale) if self.codec == "uint8" else (lo, hi)
+
     def to(self, device: torch.device | str) -> "ImageSet":
         """Move the image storage to ``device`` in place (returns self); batches then come from there."""
         self.data = self.data.to(device)
