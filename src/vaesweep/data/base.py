@@ -64,6 +64,24 @@ class DataConfig(PartConfig):
                               f"{prefix}.test_fraction={self.test_fraction:g}")
 
 
+#: what to use instead of a data.root that a dataset does not read
+YOUR_DATA = ("your own images: data=images data.root=DIR; an array file: "
+             "data=array data.path=FILE")
+
+
+@dataclass
+class ShippedConfig(DataConfig):
+    """A dataset shipped inside a package (digits, mnist_5k): it reads no folder, so a
+    ``data.root`` given is refused rather than ignored."""
+
+    def check(self, prefix: str) -> None:
+        super().check(prefix)
+        if self.root is not None:
+            raise ConfigError(f"{prefix}.root", self.root,
+                              "null: this dataset is shipped with a package and reads no folder",
+                              YOUR_DATA)
+
+
 #: the defaults of the ``data`` keys every dataset has (:class:`DataConfig`)
 DATA_KEYS: dict[str, Any] = DataConfig.defaults()
 

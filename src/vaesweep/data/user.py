@@ -242,6 +242,12 @@ class ArrayConfig(DataConfig):
     layout: str | None = one_of(None, (None, *LAYOUTS))
     standardize: bool = boolean(False)
 
+    def check(self, prefix: str) -> None:
+        super().check(prefix)
+        if self.root is not None:  # read nowhere: refused rather than ignored
+            raise ConfigError(f"{prefix}.root", self.root, "null: data=array reads the file "
+                              "data.path=FILE", "a folder of image files: data=images data.root=DIR")
+
 
 def _load_arrays(path: Path) -> dict[str, np.ndarray] | np.ndarray:
     """The file's arrays: one (.npy, a .pt tensor) or a name -> array mapping (.npz, a .pt
@@ -323,6 +329,8 @@ def build_array(cfg: Mapping) -> ImageSet:
     the file lacks (listing the keys it has) or an ambiguous layout, DataError for a file
     that cannot be read."""
     checked = check_data(cfg, ArrayConfig)
+    if cfg_get(cfg, "path") is None:
+        raise ConfigError("data.path", None, "a .npy, .npz or .pt file (data=array needs one)")
     path = Path(str(cfg_get(cfg, "path"))).expanduser()
     arrays = _load_arrays(path)
     x = _pick(arrays, "x_key", checked.x_key, path, True)
