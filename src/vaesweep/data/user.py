@@ -328,7 +328,7 @@ def build_array(cfg: Mapping) -> ImageSet:
     (``data.y_key``) and factor classes (``data.factors_key``). Raises ConfigError for a key
     the file lacks (listing the keys it has) or an ambiguous layout, DataError for a file
     that cannot be read."""
-    checked = check_data(cfg, ArrayConfig)
+    checked = check_data(cfg, build_array.Config)  # the registered defaults (val_fraction=0.1)
     if cfg_get(cfg, "path") is None:
         raise ConfigError("data.path", None, "a .npy, .npz or .pt file (data=array needs one)")
     path = Path(str(cfg_get(cfg, "path"))).expanduser()
