@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
 import struct
 import zipfile
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -420,7 +422,8 @@ def test_a_modified_cifar_file_fails_its_checksum(tmp_path):
 
 
 @pytest.mark.usefixtures("no_debian_package")
-@pytest.mark.parametrize("name", sorted(set(DATASETS) - {"dsprites", "digits", "mnist_5k"}))
+# data=array reads data.path, not a folder (tests/test_user_data.py)
+@pytest.mark.parametrize("name", sorted(set(DATASETS) - {"dsprites", "digits", "mnist_5k", "array"}))
 def test_every_file_backed_dataset_fails_cleanly_on_an_empty_root(tmp_path, name):
     with pytest.raises(VaesweepError, match="data.root"):
         build_imageset({"name": name, "root": str(tmp_path)})
@@ -453,7 +456,8 @@ def test_fashion_mnist_reads_debians_gzipped_files_without_a_root(tmp_path, monk
     debian = tmp_path / "usr/share/datasets/fashion-mnist"
     arrays = write_idx_gz(debian)
     monkeypatch.setattr(vision, "DEBIAN_FASHION_MNIST", debian)
-    imageset = build_imageset({"name": "fashion_mnist", "root": str(tmp_path / "empty")})
+    monkeypatch.setenv("VAESWEEP_DATA", str(tmp_path / "empty"))  # no data.root: the package
+    imageset = build_imageset({"name": "fashion_mnist"})
     assert imageset.name == "fashion_mnist" and len(imageset) == 42 and imageset.shape == (1, 28, 28)
     assert_holds(imageset, arrays)
 
@@ -471,9 +475,10 @@ def test_gzipped_files_under_data_root_come_before_the_package(tmp_path, monkeyp
         assert_holds(build_imageset({"name": "mnist", "root": str(root)}), arrays)
 
 
-def test_missing_package_names_it_and_data_root(tmp_path, no_debian_package):
+def test_missing_package_names_it_and_data_root(tmp_path, no_debian_package, monkeypatch):
+    monkeypatch.setenv("VAESWEEP_DATA", str(tmp_path / "nowhere"))
     with pytest.raises(DataError) as err:
-        build_imageset({"name": "fashion_mnist", "root": str(tmp_path / "nowhere")})
+        build_imageset({"name": "fashion_mnist"})
     msg = str(err.value)
     assert "\n" not in msg
     assert "apt-get install dataset-fashion-mnist" in msg and "data.root" in msg
@@ -494,8 +499,9 @@ def test_a_damaged_gzipped_idx_file_is_named(tmp_path, monkeypatch, damage, mess
     monkeypatch.setattr(vision, "DEBIAN_FASHION_MNIST", tmp_path / "debian")
     bad = tmp_path / "debian" / "train-images-idx3-ubyte.gz"
     bad.write_bytes(damage(bad.read_bytes()))
+    monkeypatch.setenv("VAESWEEP_DATA", str(tmp_path / "empty"))
     with pytest.raises(DataError, match=message) as err:
-        build_imageset({"name": "fashion_mnist", "root": str(tmp_path / "empty")})
+        build_imageset({"name": "fashion_mnist"})
     assert str(bad) in str(err.value) and "data.root" in str(err.value)
 
 
@@ -503,7 +509,8 @@ def test_a_damaged_gzipped_idx_file_is_named(tmp_path, monkeypatch, damage, mess
 def real_fashion_mnist() -> ImageSet:
     """The real Fashion-MNIST from Debian's package, installed with apt-get when missing."""
     ensure_debian_package("dataset-fashion-mnist", vision.DEBIAN_FASHION_MNIST / "t10k-labels-idx1-ubyte.gz")
-    return build_imageset({"name": "fashion_mnist", "root": "/nonexistent"})
+    with mock.patch.dict(os.environ, {"VAESWEEP_DATA": "/nonexistent"}):  # no data.root
+        return build_imageset({"name": "fashion_mnist"})
 
 
 def test_the_real_fashion_mnist_from_debians_package(real_fashion_mnist):

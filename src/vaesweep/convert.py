@@ -77,8 +77,9 @@ class _Parser(argparse.ArgumentParser):
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="vaesweep convert", description=DESCRIPTION, epilog=EPILOG,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shape", required=True, metavar="C,H,W",
-                   help="shape of one example: channels, height, width (e.g. 1,28,28); N = C*H*W")
+    p.add_argument("--shape", required=True, metavar="C,H,W|d",
+                   help="shape of one example: channels, height, width (e.g. 1,28,28), N = C*H*W; "
+                        "or the number of features d of a table (e.g. 30), N = d")
     p.add_argument("--latents", required=True, metavar="M", help="number of latent dimensions M")
     p.add_argument("--rec", required=True, metavar="sum|mean",
                    help="how rec_red reduces over the N elements of an example")
@@ -114,10 +115,13 @@ def parse_weight(flag: str, text: str, *, positive: bool) -> float:
     return value
 
 
-def parse_shape(text: str) -> tuple[int, int, int]:
-    allowed = "three positive whole numbers C,H,W (e.g. 1,28,28)"
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``C,H,W`` (an image) or ``d`` (a table of d features, as data=array holds an (n, d)
+    array): the shape of one example, whose product is N. Raises ConfigError (--shape)."""
+    allowed = ("three positive whole numbers C,H,W (e.g. 1,28,28), or one, the number of "
+               "features d of a table (e.g. 30)")
     parts = (text or "").replace("x", ",").split(",")
-    if len(parts) != 3 or not all(re.fullmatch(r"\s*[0-9]+\s*", p) for p in parts):
+    if len(parts) not in (1, 3) or not all(re.fullmatch(r"\s*[0-9]+\s*", p) for p in parts):
         raise ConfigError("--shape", text, allowed)
     shape = tuple(int(p) for p in parts)
     if min(shape) < 1:
@@ -218,7 +222,7 @@ def _span(values) -> str:
     return f"{lo:.4g}" if lo == hi else f"{lo:.4g} to {hi:.4g}"
 
 
-def convert(shape: tuple[int, int, int], latents: int, rec: str, kl: str, rec_weight: float,
+def convert(shape: tuple[int, ...], latents: int, rec: str, kl: str, rec_weight: float,
             kl_weight: float, results: Path = RESULTS_DIR) -> list[str]:
     """The lines ``vaesweep convert`` prints (see the module docstring)."""
     n = math.prod(shape)

@@ -44,8 +44,9 @@ import vaesweep.likelihood  # noqa: F401
 @dataclass(frozen=True)
 class Group:
     """A kind of part: its registry, the typed config of a part by name, and how an unknown
-    key of its node is treated (``what``: refused, naming the keys of "this head"; None:
-    left to Hydra's struct mode, as for ``data``, whose builders accept extra keys)."""
+    key of its node is treated (``what``: refused, naming the keys of "this head" or
+    "dataset images", including one added with ``+data.<key>=``; None: left to Hydra's
+    struct mode)."""
 
     registry: Registry
     config: Callable[[str], type[PartConfig]]
@@ -56,7 +57,7 @@ class Group:
 
 #: config group -> its kind of part
 GROUPS: dict[str, Group] = {
-    "data": Group(DATASETS, data_config, None),
+    "data": Group(DATASETS, data_config, lambda name: f"dataset {name}"),
     "model": Group(MODELS, model_config, lambda name: f"model {name}"),
     "likelihood": Group(HEADS, lambda name: HEADS.get(name).Config, lambda name: "this head"),
     "kl": Group(WEIGHTINGS, lambda name: WEIGHTINGS.get(name).Config,

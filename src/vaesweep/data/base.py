@@ -64,6 +64,24 @@ class DataConfig(PartConfig):
                               f"{prefix}.test_fraction={self.test_fraction:g}")
 
 
+#: what to use instead of a data.root that a dataset does not read
+YOUR_DATA = ("your own images: data=images data.root=DIR; an array file: "
+             "data=array data.path=FILE")
+
+
+@dataclass
+class ShippedConfig(DataConfig):
+    """A dataset shipped inside a package (digits, mnist_5k): it reads no folder, so a
+    ``data.root`` given is refused rather than ignored."""
+
+    def check(self, prefix: str) -> None:
+        super().check(prefix)
+        if self.root is not None:
+            raise ConfigError(f"{prefix}.root", self.root,
+                              "null: this dataset is shipped with a package and reads no folder",
+                              YOUR_DATA)
+
+
 #: the defaults of the ``data`` keys every dataset has (:class:`DataConfig`)
 DATA_KEYS: dict[str, Any] = DataConfig.defaults()
 
@@ -192,6 +210,14 @@ class ImageSet:
     def nbytes(self) -> int:
         """Bytes of image storage."""
         return self.data.numel() * self.data.element_size()
+
+    def value_range(self) -> tuple[float, float]:
+        """(lowest, highest) value of the batches this set gives (for the heads that model
+        values in [0, 1] only); ``(0, 0)`` when it is empty."""
+        if self.codec == "bits" or not len(self):
+            return (0.0, 1.0 if len(self) else 0.0)
+        lo, hi = float(self.data.min()), float(self.data.max())
+        return (lo * self.scale, hi * self.scale) if self.codec == "uint8" else (lo, hi)
 
     def to(self, device: torch.device | str) -> "ImageSet":
         """Move the image storage to ``device`` in place (returns self); batches then come from there."""

@@ -34,6 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from vaesweep.data.base import (
+    YOUR_DATA,
     DataConfig,
     ImageSet,
     cfg_get,
@@ -43,7 +44,7 @@ from vaesweep.data.base import (
     subset_indices,
     subset_size,
 )
-from vaesweep.errors import DataError
+from vaesweep.errors import ConfigError, DataError
 from vaesweep.schema import boolean, free
 
 log = logging.getLogger(__name__)
@@ -279,6 +280,16 @@ class DSpritesConfig(DataConfig):
 
     cache: bool = boolean(True, extra=True)
     progress: bool = boolean(True, extra=True)
+
+    def check(self, prefix: str) -> None:
+        """A ``data.root`` given must hold the procedural set's cache: dSprites reads no
+        files of the user's, and would write its 377 MB cache into any folder named."""
+        super().check(prefix)
+        if self.root is not None and not cache_path(Path(str(self.root))).is_file():
+            raise ConfigError(f"{prefix}.root", self.root,
+                              f"null (the procedural set is cached in $VAESWEEP_DATA, else "
+                              f"~/.cache/vaesweep), or a folder holding its cache {CACHE_NAME}",
+                              YOUR_DATA)
 
 
 @register_dataset("dsprites", DSpritesConfig)

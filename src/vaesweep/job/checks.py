@@ -150,6 +150,29 @@ def check_objectives(c: Mapping[str, Any], imageset: Any, module: VAEModule) -> 
             raise ConfigError(key, name, "a metric this job produces", f"{name} needs {need}")
 
 
+def check_data_range(c: Mapping[str, Any], imageset: Any, module: VAEModule) -> None:
+    """A head that models values in a range (Bernoulli, continuous Bernoulli: [0, 1]) gets
+    data inside it: binary cross-entropy on standardised features or other values outside
+    [0, 1] trains to a meaningless loss. Raises ConfigError (``likelihood.name``) giving the
+    range found and the heads that fit it."""
+    from vaesweep.likelihood.base import HEADS
+
+    support = getattr(module.head, "support", None)
+    if support is None:
+        return
+    lo, hi = imageset.value_range()
+    if support[0] <= lo and hi <= support[1]:
+        return
+    fits = sorted(n for n, h in HEADS.items()
+                  if h.support is None or (h.support[0] <= lo and hi <= h.support[1]))
+    name = c["likelihood"].get("name")
+    data = (c.get("data") or {}).get("name")
+    raise ConfigError("likelihood.name", name, f"a head for values in [{lo:.4g}, {hi:.4g}]: "
+                      + ", ".join(fits),
+                      f"{name} models values in [{support[0]:g}, {support[1]:g}], and data "
+                      f"{data!r} has values in [{lo:.4g}, {hi:.4g}]")
+
+
 #: Trainer arguments that count (steps, epochs, batches), with their least value; Lightning
 #: would take 6.5 steps, and ``int()`` here would make log_every_n_steps=2.5 into 2
 TRAINER_COUNTS = {"max_steps": -1, "min_steps": 0, "max_epochs": -1, "min_epochs": 0,
@@ -201,6 +224,7 @@ def prepare(cfg: DictConfig | Mapping[str, Any], out: Path | None, sweep: bool =
         c["study"]["storage"] = absolute_sqlite(c["study"]["storage"])
     dm = VAEDataModule(c["data"])
     module = VAEModule(c, dm.imageset.shape)
+    check_data_range(c, dm.imageset, module)
     ckpt = None
     if out is not None or str(c.get("ckpt_path")) != "last":
         ckpt = resolve_ckpt(c.get("ckpt_path"), out or Path.cwd())

@@ -28,6 +28,9 @@ class LikelihoodHead(Configured, nn.Module):
     Config = PartConfig
     #: decoder output channels per image channel (2 when the decoder also predicts a scale)
     channels_per_image_channel: int = 1
+    #: the values the head models, (lo, hi), or None for any real value: a head on [0, 1]
+    #: (Bernoulli, continuous Bernoulli) is refused for data outside it (:func:`check_data_range`)
+    support: tuple[float, float] | None = None
 
     def __init__(self, shape: tuple[int, int, int], **params: Any) -> None:
         super().__init__()

@@ -9,6 +9,8 @@ from vaesweep.likelihood.base import HEADS, LikelihoodHead
 
 @HEADS.register("bernoulli")
 class Bernoulli(LikelihoodHead):
+    support = (0.0, 1.0)
+
     def nll(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(out, x, reduction="none")
 

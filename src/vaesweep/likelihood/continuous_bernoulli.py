@@ -74,6 +74,8 @@ class ContinuousBernoulli(LikelihoodHead):
     """No parameters; the image shown is the CB mean, which differs from λ (it is pulled
     towards 0.5)."""
 
+    support = (0.0, 1.0)
+
     def nll(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(out, x, reduction="none") - cb_log_normaliser(out)
 
