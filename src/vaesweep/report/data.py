@@ -51,6 +51,7 @@ from vaesweep.contract import (ATTR_RUN_ID, COLLAPSE_THRESHOLD, DEFAULT_STORAGE,
                                sqlite_path)
 from vaesweep.errors import ConfigError
 from vaesweep.tracking.run import check_tracking_uri  # noqa: F401  (part of this module's API)
+from vaesweep.tracking.tags import filter_value
 from vaesweep.kl.loss import beta_eff_from
 from vaesweep.report.analysis import (FEEDBACK_WEIGHTINGS,  # noqa: F401 (re-exported)
                                       STRUCTURE_METRICS, complete_runs, mark_pareto,
@@ -134,7 +135,7 @@ def known_sweeps(client: MlflowClient, experiment: str) -> list[str]:
 
 def _find_parent(client: MlflowClient, exp_id: str, sweep: str) -> str | None:
     runs = client.search_runs([exp_id], f"tags.`{TAG_ROLE}` = 'parent' and "
-                              f"tags.`{TAG_SWEEP}` = '{sweep}'",
+                              f"tags.`{TAG_SWEEP}` = {filter_value(sweep, 'sweep')}",
                               order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0].info.run_id if runs else None
 
@@ -401,7 +402,8 @@ def load_sweep(sweep: str, tracking_uri: str = DEFAULT_URI, *,
         raise ConfigError("sweep", sweep, known or "a sweep with runs in this tracking store "
                           "(none yet: run `vaesweep -m +sweep=quick` first)")
     log.info("sweep %r: parent run %s in %s", sweep, parent_run_id, tracking_uri)
-    runs = _search_all(client, exp.experiment_id, f"tags.`{TAG_PARENT}` = '{parent_run_id}'")
+    runs = _search_all(client, exp.experiment_id,
+                       f"tags.`{TAG_PARENT}` = {filter_value(parent_run_id, '--parent')}")
     log.info("sweep %r: %d run(s)", sweep, len(runs))
     df = runs_frame(runs)
     study = None
