@@ -20,6 +20,7 @@ from vaesweep.report.data import (DEFAULT_EXPERIMENT, DEFAULT_STORAGE, DEFAULT_U
 from vaesweep.report.html import render_html
 from vaesweep.report.markdown import render_markdown
 from vaesweep.tracking.run import set_note
+from vaesweep.tracking.tags import file_part
 
 log = logging.getLogger(__name__)
 #: where the report's files go inside the parent run's artifacts
@@ -74,7 +75,7 @@ def make_report(sweep: str, tracking_uri: str = DEFAULT_URI, *,
     data = load_sweep(sweep, tracking_uri, experiment=experiment, storage=storage,
                       parent_run_id=parent_run_id)
     report = build_report(data, max_images=max_images)
-    paths = write_report(report, Path(out or f"report_{sweep}"))
+    paths = write_report(report, Path(out or f"report_{file_part(sweep)}"))
     log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
     if log_to_mlflow:
         log_report(data, paths)
