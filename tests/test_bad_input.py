@@ -282,6 +282,18 @@ CASES = [
     ("val_check_interval float above 1", ["trainer.val_check_interval=2.5"],
      ["trainer.val_check_interval=2.5", "a fraction of an epoch in (0, 1]"], 2),
     ("n_images not whole", ["tracking.n_images=2.5"], ["tracking.n_images=2.5", "whole number in [1, inf]"], 2),
+    # an empty name fell back to a default (study.name='' wrote into `quick`)
+    ("empty study.name", [*SWEEP, "study.name=''"], ["study.name='' is invalid", "a non-empty name"], 2),
+    ("empty experiment", ["tracking.experiment=''"],
+     ["tracking.experiment='' is invalid", "a non-empty name"], 2),
+    ("empty experiment in a sweep", [*SWEEP, "tracking.experiment=''"],
+     ["tracking.experiment='' is invalid", "a non-empty name"], 2),
+    ("empty run_name", ["tracking.run_name=''"], ["tracking.run_name='' is invalid"], 2),
+    ("empty hydra study_name", [*SWEEP, "hydra.sweeper.study_name=''"],
+     ["hydra.sweeper.study_name='' is invalid"], 2),
+    # MLflow's search filters quote a string in ' or " with no escape: one of them must be free
+    ("name with both quotes", [*SWEEP, "study.name='a\\'b\"c'"],
+     ["study.name='a\\'b\"c' is invalid", "without both a ' and a \""], 2),
 ]
 
 
@@ -512,3 +524,126 @@ def test_reproducing_a_pruned_run_says_so_up_front():
                                      "full run, so its metrics will differ from the pruned run's")
     run.data.tags = {}
     assert pruned_note(run, 600) is None
+# -- deleted MLflow runs and experiments, names with quotes -----------------------------------
+def _restore(err: str, kind: str, ident: str) -> None:
+    """The error's one line names the deleted run or experiment and the command restoring it."""
+    lines = [l for l in err.splitlines() if l.startswith("vaesweep: error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
+    option = "--run-id" if kind == "run" else "--experiment-id"
+    assert f"mlflow {kind}s restore {option} {ident}" in lines[0], lines[0]
+    assert "tracking.uri=" not in lines[0], lines[0]  # not the store's fault
+
+
+def test_a_deleted_parent_run_is_refused_on_resume(workdir):
+    """``mlflow runs delete`` on a study's parent run, then a resume: one error on
+    ``study.name`` naming the run and ``mlflow runs restore``; the study is not touched
+    (it blamed ``tracking.uri`` and said the run "must be in the 'active' state")."""
+    from mlflow.tracking import MlflowClient
+
+    code, err = main([*SWEEP])
+    assert code == 0, err[-3000:]
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    parent = optuna.load_study(study_name="quick", storage=f"sqlite:///{workdir / 'optuna.db'}"
+                               ).user_attrs["mlflow_parent_run_id"]
+    MlflowClient(tracking_uri=uri).delete_run(parent)
+    before = study_state(workdir / "optuna.db")
+    code, err = main([*SWEEP[:-1], "hydra.sweeper.n_trials=2"])
+    assert code == 2, err[-3000:]
+    assert "study.name='quick' is invalid" in err and parent in err, err[-3000:]
+    _restore(err, "run", parent)
+    assert study_state(workdir / "optuna.db") == before, "the Optuna study changed"
+    assert not [r for r in search_runs(uri) if r.info.status == "RUNNING"]
+
+
+def test_a_deleted_experiment_is_refused_before_anything_is_written(workdir):
+    """``mlflow experiments delete``, then a run and a new sweep: one error on
+    ``tracking.experiment`` naming its id and ``mlflow experiments restore``; the sweep
+    writes no Optuna study (it wrote an empty one, then blamed ``tracking.uri``)."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    exp_id = client.create_experiment("vaesweep")
+    client.delete_experiment(exp_id)
+    for args in (BASE, SWEEP):
+        code, err = main(list(args))
+        assert code == 2, err[-3000:]
+        assert "tracking.experiment='vaesweep' is invalid" in err, err[-3000:]
+        _restore(err, "experiment", exp_id)
+    db = workdir / "optuna.db"
+    assert not db.exists() or not optuna.get_all_study_names(f"sqlite:///{db}")
+    assert not client.search_runs([exp_id], run_view_type=3)  # ViewType.ALL: no run made
+
+
+def test_ckpt_path_last_of_a_deleted_run_is_refused(workdir):
+    """Resuming (``ckpt_path=last``) a run whose MLflow run was deleted: one error on
+    ``ckpt_path`` naming the run and how to restore it; the run stays deleted, not RUNNING."""
+    from mlflow.tracking import MlflowClient
+
+    args = [*BASE, "hydra.run.dir=runs/a"]
+    code, err = main(args)
+    assert code == 0, err[-3000:]
+    run_id = (workdir / "runs/a/checkpoints/mlflow_run_id").read_text().strip()
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+    client.delete_run(run_id)
+    code, err = main([*args, "ckpt_path=last"])
+    assert code == 2, err[-3000:]
+    assert "ckpt_path='last' is invalid" in err and run_id in err, err[-3000:]
+    _restore(err, "run", run_id)
+    run = client.get_run(run_id)
+    assert run.info.lifecycle_stage == "deleted" and run.info.status == "FINISHED"
+
+
+def test_a_name_with_a_quote_works_through_sweep_resume_best_and_report(workdir, capsys):
+    """``study.name="bob's"``: the sweep, its resume, ``best`` and ``report`` work (the name
+    went unquoted into MLflow's search filters: ``Invalid clause(s) in filter string``). A
+    deleted trial run is left out by ``best`` and ``report`` alike, with one line saying so."""
+    from mlflow.tracking import MlflowClient
+
+    from vaesweep.report.cli import report_main
+    from vaesweep.sweep.best import best_main
+
+    name = "bob's"
+    uri, storage = f"sqlite:///{workdir / 'mlflow.db'}", f"sqlite:///{workdir / 'optuna.db'}"
+    args = [*SWEEP[:-1], *SINGLE[1:], f'study.name="{name}"', "hydra.sweeper.enqueue=null"]
+    for n in (1, 2):  # the sweep, then its resume
+        code, err = main([*args, f"hydra.sweeper.n_trials={n}"])
+        assert code == 0, err[-3000:]
+    study = optuna.load_study(study_name=name, storage=storage)
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 2
+    runs = [r for r in search_runs(uri) if r.data.tags.get("vaesweep.role") != "parent"]
+    assert len(runs) == 2 and {r.data.tags["vaesweep.sweep"] for r in runs} == {name}
+
+    best, other = sorted(done, key=lambda t: t.values[0])
+    MlflowClient(tracking_uri=uri).delete_run(best.user_attrs["mlflow_run_id"])
+    capsys.readouterr()
+    assert best_main([name, "--storage", storage, "--tracking-uri", uri]) == 0
+    out = capsys.readouterr().out
+    assert "1 deleted MLflow run(s) ignored" in out and "mlflow runs restore --run-id" in out
+    assert f"trial {other.number}:" in out and f"trial {best.number}:" not in out, out
+    assert (workdir / f"best_{name}.yaml").is_file()
+    assert report_main([name, "--tracking-uri", uri, "--storage", storage, "--max-images", "0",
+                        "--no-log", "-q"]) == 0
+    md = (workdir / f"report_{name}" / "report.md").read_text()
+    assert "1 deleted MLflow run(s) ignored" in md
+    from vaesweep.report.data import load_sweep
+    data = load_sweep(name, uri, storage=storage)
+    assert data.study.best_trials == [other.number]
+    assert best.user_attrs["mlflow_run_id"] not in set(data.runs["run_id"])
+
+
+def test_filter_values_are_quoted_for_mlflow():
+    """Each quoted name parses back to itself in MLflow's filter grammar; one that cannot be
+    quoted is a ConfigError naming the key."""
+    from mlflow.utils.search_utils import SearchUtils
+
+    from vaesweep.errors import ConfigError
+    from vaesweep.tracking.tags import file_part, filter_value
+
+    for v in ["quick", "bob's", 'say "hi"', "a`b", "x and tags.y = 'z"]:
+        parsed = SearchUtils.parse_search_filter(f"tags.`k` = {filter_value(v)} and tags.`j` = 'x'")
+        assert parsed[0]["value"] == v and parsed[1]["value"] == "x"
+    with pytest.raises(ConfigError, match="study.name"):
+        filter_value("a'b\"c", "study.name")
+    assert file_part("a/b\\c") == "a_b_c"

@@ -85,7 +85,7 @@ def _job(c: dict[str, Any], tags: Mapping[str, str] | None, run_id: str | None,
     dm.data_on_device = fast["data_on_device"]
     module.use_fast_path(compile=fast["compile"], channels_last=fast["channels_last"])
     if ckpt_path is not None:
-        run_id = run_id or continued_run(c["tracking"]["uri"], ckpt_path)
+        run_id = run_id or continued_run(c["tracking"]["uri"], ckpt_path, c.get("ckpt_path"))
 
     # 3. the Optuna trial this job is, if any
     study = dict(c.get("study") or {})

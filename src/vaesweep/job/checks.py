@@ -26,7 +26,8 @@ from vaesweep.metrics.evaluate import FACTOR_METRICS, LABEL_METRICS, resolve_set
 from vaesweep.module import OPTIMIZERS, VAEModule
 from vaesweep.parts import check_parts
 from vaesweep.sweep.progress import check_progress
-from vaesweep.tracking.run import check_store
+from vaesweep.tracking.run import check_experiment, check_store
+from vaesweep.tracking.tags import check_name
 
 
 def resolve(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
@@ -89,6 +90,7 @@ def check_job(c: Mapping[str, Any]) -> None:
     check_fast_path(c.get("trainer", {}))
     check_trainer_numbers(c.get("trainer", {}))
     number("tracking.n_images", (c.get("tracking") or {}).get("n_images", 8), 1, integer=True)
+    check_names(c)
     check_progress(c)
     convergence.settings(c)
     optim = c.get("optim") or {}
@@ -105,6 +107,20 @@ def check_job(c: Mapping[str, Any]) -> None:
                           "each validation): " + ", ".join(VAL_NAMES) + ", val/kl_dim_<j>")
     resolve_settings(c.get("metrics"))  # checked now, not after training
     check_parts(c)  # each part's dataclass: a bad value fails before the data are loaded
+
+
+def check_names(c: Mapping[str, Any]) -> None:
+    """The names a user gives, which reach MLflow's tags, run names and search filters,
+    Optuna's study names and file names: ``tracking.experiment`` (required), ``study.name``
+    and ``tracking.run_name`` (null: vaesweep's default). An empty one would silently be
+    replaced by a default (``study.name=''`` wrote into the ``quick`` study). Raises
+    ConfigError (:func:`vaesweep.tracking.tags.check_name`)."""
+    tracking, study = c.get("tracking") or {}, c.get("study") or {}
+    check_name("tracking.experiment", tracking.get("experiment"))
+    for key, value in (("study.name", study.get("name")),
+                       ("tracking.run_name", tracking.get("run_name"))):
+        if value is not None:
+            check_name(key, value)
 
 
 #: the metrics a job reports at each validation (what a pruner can read)
@@ -233,6 +249,7 @@ def prepare(cfg: DictConfig | Mapping[str, Any], out: Path | None, sweep: bool =
     if (c.get("study") or {}).get("trial") is not None or sweep:  # an Optuna trial: objectives
         check_objectives(c, dm.imageset, module)
     check_store(str(c["tracking"]["uri"]))  # last: it may create the store's tables
+    check_experiment(str(c["tracking"]["uri"]), str(c["tracking"]["experiment"]))
     return c, dm, module, ckpt
 
 

@@ -172,15 +172,24 @@ class RunIdFile(Callback):
 
 
 
-def continued_run(uri: str, ckpt: Path) -> str | None:
-    """The MLflow run to continue when resuming from ``ckpt``: the one that wrote it, if this
-    tracking store has it."""
+def continued_run(uri: str, ckpt: Path, value: Any = None) -> str | None:
+    """The MLflow run to continue when resuming from ``ckpt`` (given as ``ckpt_path=value``):
+    the one that wrote it, if this tracking store has it. A run that was soft-deleted
+    (``mlflow runs delete``) cannot take metrics: a ConfigError naming ``ckpt_path``, the run
+    and how to restore it."""
+    from vaesweep.tracking.run import deleted_run
+
     run_id = checkpoint_run_id(ckpt)
     if run_id is None:
         return None
     try:
-        MlflowClient(tracking_uri=uri).get_run(run_id)
+        run = MlflowClient(tracking_uri=uri).get_run(run_id)
     except Exception:
         log.warning("The checkpoint's MLflow run %s is not in %s: logging to a new run", run_id, uri)
         return None
+    if run.info.lifecycle_stage == "deleted":
+        raise deleted_run("ckpt_path", str(value if value is not None else ckpt), uri, run_id,
+                          "a checkpoint whose MLflow run is active (not deleted)",
+                          f"delete {ckpt.parent / RUN_ID_FILE} to log the resumed training "
+                          "to a new run")
     return run_id

@@ -20,6 +20,8 @@ from vaesweep.report.data import (DEFAULT_EXPERIMENT, DEFAULT_STORAGE, DEFAULT_U
 from vaesweep.report.html import render_html
 from vaesweep.report.markdown import render_markdown
 from vaesweep.tracking.run import set_note
+from vaesweep.tracking.tags import file_part
+from vaesweep.tracking.tags import file_part
 
 log = logging.getLogger(__name__)
 #: where the report's files go inside the parent run's artifacts
@@ -73,7 +75,7 @@ def make_report(sweep: str, tracking_uri: str = DEFAULT_URI, *,
     and log it to the parent run; returns the written paths. An ``out`` that cannot be
     written is a :class:`vaesweep.errors.ConfigError` naming ``--out``, before any reading."""
     from vaesweep.job.rundir import check_writable
-    out = Path(out or f"report_{sweep}")
+    out = Path(out or f"report_{file_part(sweep)}")
     check_writable("--out", str(out), out, "run vaesweep report from a writable folder, or "
                    "pass --out FOLDER")  # before the report is built
     data = load_sweep(sweep, tracking_uri, experiment=experiment, storage=storage,

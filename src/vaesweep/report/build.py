@@ -230,6 +230,8 @@ def study_section(data: SweepData) -> Section:
                   + f"; {st.n_trials} trials: "
                   + ", ".join(f"{v} {k}" for k, v in sorted(st.states.items()))
                   + ". Browse it with `optuna-dashboard " + st.storage + " --host 127.0.0.1`.")
+    if data.deleted_note:
+        s.text.append(data.deleted_note + "; the best trials are chosen among the others.")
     df = data.runs
     if "optuna_best" in df:
         best = df[df["optuna_best"]]
@@ -259,6 +261,8 @@ def build_report(data: SweepData, *, max_images: int = 6) -> Report:
     sections += [dyn_section, settings_section(data, settings, max_images),
                  pictures_section(data, max_images), study_section(data)]
     runs = Section("runs", "All runs")
+    if data.deleted_note:  # left out of every section, and of the study's best trials
+        runs.text.append(data.deleted_note + ".")
     runs.tables.append(Table(f"{len(df)} runs", _runs_table(df, w)))
     sections.append(runs)
     ans = answer(df, sweep=data.sweep, study=data.study, pairs=pairs, dynamics=dyn_table,

@@ -51,6 +51,8 @@ from vaesweep.contract import (ATTR_RUN_ID, COLLAPSE_THRESHOLD, DEFAULT_STORAGE,
                                sqlite_path)
 from vaesweep.errors import ConfigError
 from vaesweep.tracking.run import check_tracking_uri  # noqa: F401  (part of this module's API)
+from vaesweep.tracking.run import deleted_experiment
+from vaesweep.tracking.tags import filter_value
 from vaesweep.kl.loss import beta_eff_from
 from vaesweep.report.analysis import (FEEDBACK_WEIGHTINGS,  # noqa: F401 (re-exported)
                                       STRUCTURE_METRICS, complete_runs, mark_pareto,
@@ -87,6 +89,15 @@ class SweepData:
     runs: pd.DataFrame
     study: StudyInfo | None = None
     client: MlflowClient | None = field(default=None, repr=False)
+    #: child runs of the parent that were soft-deleted (``mlflow runs delete``): left out of
+    #: ``runs`` and of the study's best trials, as ``vaesweep best`` leaves them out
+    deleted_runs: list[str] = field(default_factory=list)
+
+    @property
+    def deleted_note(self) -> str | None:
+        """One line saying how many deleted runs are left out and how to restore them."""
+        from vaesweep.sweep.best import deleted_line
+        return deleted_line(self.deleted_runs, self.tracking_uri) if self.deleted_runs else None
 
     @property
     def complete(self) -> pd.DataFrame:
@@ -134,15 +145,20 @@ def known_sweeps(client: MlflowClient, experiment: str) -> list[str]:
 
 def _find_parent(client: MlflowClient, exp_id: str, sweep: str) -> str | None:
     runs = client.search_runs([exp_id], f"tags.`{TAG_ROLE}` = 'parent' and "
-                              f"tags.`{TAG_SWEEP}` = '{sweep}'",
+                              f"tags.`{TAG_SWEEP}` = {filter_value(sweep, 'sweep')}",
                               order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0].info.run_id if runs else None
 
 
-def _search_all(client: MlflowClient, exp_id: str, flt: str) -> list[Any]:
+def _search_all(client: MlflowClient, exp_id: str, flt: str, deleted: bool = False) -> list[Any]:
+    """Every run of ``exp_id`` matching ``flt``: the active ones, or the deleted ones."""
+    from mlflow.entities import ViewType
+
+    view = ViewType.DELETED_ONLY if deleted else ViewType.ACTIVE_ONLY
     out, token = [], None
     while True:
-        page = client.search_runs([exp_id], flt, max_results=1000, page_token=token)
+        page = client.search_runs([exp_id], flt, run_view_type=view, max_results=1000,
+                                  page_token=token)
         out.extend(page)
         token = page.token
         if not token:
@@ -342,16 +358,19 @@ def download_artifact(client: MlflowClient, run_id: str, name: str, dst: str | P
             os.environ[key] = old
 
 
-def study_info(name: str, storage: str, df: pd.DataFrame) -> tuple[StudyInfo | None, pd.DataFrame]:
+def study_info(name: str, storage: str, df: pd.DataFrame, client: MlflowClient | None = None
+               ) -> tuple[StudyInfo | None, pd.DataFrame]:
     """The Optuna study ``name`` in ``storage`` (None when there is none) and ``df`` with the
-    trials' states and values joined on the MLflow run id."""
+    trials' states and values joined on the MLflow run id. The best trials leave out those
+    whose MLflow run ``client``'s store has deleted, as ``vaesweep best`` does
+    (:func:`vaesweep.sweep.best.deleted_trial_runs`)."""
     p = sqlite_path(storage)
     if p is not None and not p.is_file():
         log.info("no Optuna storage at %s: reporting from MLflow only", storage)
         return None, df
     import optuna
 
-    from vaesweep.sweep.best import STORAGE_READ, best_trials  # start-up time: Optuna when read
+    from vaesweep.sweep.best import STORAGE_READ, best_trials, deleted_trial_runs  # start-up time: Optuna when read
     from vaesweep.tracking.run import check_sqlite_file, store_error
     check_sqlite_file(storage, STORAGE_READ)  # a damaged file is an error, not "no study"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -372,7 +391,8 @@ def study_info(name: str, storage: str, df: pd.DataFrame) -> tuple[StudyInfo | N
                       or [f"objective_{i}" for i in range(len(study.directions))])
     info = StudyInfo(name=name, storage=storage, objectives=objectives,
                      directions=[d.name.lower() for d in study.directions], states=states,
-                     best_trials=sorted(t.number for t in best_trials(study)),
+                     best_trials=sorted(t.number for t in best_trials(
+                         study, deleted_trial_runs(client, study))),
                      n_trials=len(trials))
     by_run = {t.user_attrs.get(ATTR_RUN_ID): t for t in trials}
     if not df.empty:
@@ -397,6 +417,8 @@ def load_sweep(sweep: str, tracking_uri: str = DEFAULT_URI, *,
     if exp is None:
         raise ConfigError("--experiment", experiment, "an MLflow experiment in "
                           f"{tracking_uri} (none by that name: run a sweep first)")
+    if exp.lifecycle_stage == "deleted":  # its runs are deleted with it: no sweep to find
+        raise deleted_experiment("--experiment", experiment, tracking_uri, exp)
     if parent_run_id is None:
         parent_run_id = _find_parent(client, exp.experiment_id, sweep)
     if parent_run_id is None:
@@ -404,14 +426,20 @@ def load_sweep(sweep: str, tracking_uri: str = DEFAULT_URI, *,
         raise ConfigError("sweep", sweep, known or "a sweep with runs in this tracking store "
                           "(none yet: run `vaesweep -m +sweep=quick` first)")
     log.info("sweep %r: parent run %s in %s", sweep, parent_run_id, tracking_uri)
-    runs = _search_all(client, exp.experiment_id, f"tags.`{TAG_PARENT}` = '{parent_run_id}'")
+    flt = f"tags.`{TAG_PARENT}` = {filter_value(parent_run_id, '--parent')}"
+    runs = _search_all(client, exp.experiment_id, flt)
     log.info("sweep %r: %d run(s)", sweep, len(runs))
+    deleted = [r.info.run_id for r in _search_all(client, exp.experiment_id, flt, deleted=True)]
     df = runs_frame(runs)
     study = None
     if storage:
         parent = client.get_run(parent_run_id)
         study_name = parent.data.tags.get(TAG_STUDY)
         if study_name:
-            study, df = study_info(study_name, storage, df)
-    return SweepData(sweep=sweep, tracking_uri=tracking_uri, experiment=experiment,
-                     parent_run_id=parent_run_id, runs=df, study=study, client=client)
+            study, df = study_info(study_name, storage, df, client)
+    data = SweepData(sweep=sweep, tracking_uri=tracking_uri, experiment=experiment,
+                     parent_run_id=parent_run_id, runs=df, study=study, client=client,
+                     deleted_runs=deleted)
+    if data.deleted_note:
+        log.warning("sweep %r: %s", sweep, data.deleted_note)
+    return data

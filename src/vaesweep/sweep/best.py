@@ -5,29 +5,77 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shlex
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 import optuna
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
+from optuna.trial import TrialState
 
 from vaesweep.contract import ATTR_RUN_ID, DEFAULT_STORAGE, TAG_REPRODUCES
 from vaesweep.contract import DEFAULT_TRACKING_URI as DEFAULT_URI
 from vaesweep.errors import ConfigError
 from vaesweep.tracking.run import check_sqlite_file, check_tracking_uri, sqlite_path, store_error
+from vaesweep.tracking.tags import file_part
 
 #: the key and allowed value of a storage ``vaesweep best`` and ``report`` read
 STORAGE_READ = ("--storage", "a readable Optuna storage")
 
 
 
-def best_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """The best trial, or the Pareto set of a multi-objective study."""
+def best_trials(study: optuna.Study,
+                ignore: Collection[int] = ()) -> list[optuna.trial.FrozenTrial]:
+    """The best trial, or the Pareto set of a multi-objective study, among its COMPLETE
+    trials but those numbered in ``ignore`` (trials whose MLflow run was deleted:
+    :func:`deleted_trial_runs`)."""
+    if ignore:
+        kept = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if t.number not in ignore]
+        verbosity = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "study created in memory"
+        try:
+            rest = optuna.create_study(directions=study.directions)
+        finally:
+            optuna.logging.set_verbosity(verbosity)
+        rest.add_trials(kept)  # renumbered 0, 1, ... in the order of ``kept``
+        return [kept[t.number] for t in best_trials(rest)]
     try:
         return [study.best_trial] if len(study.directions) == 1 else list(study.best_trials)
     except ValueError:
         return []
+
+
+def deleted_trial_runs(client: MlflowClient | None, study: optuna.Study) -> dict[int, str]:
+    """``{trial number: MLflow run id}`` of the study's COMPLETE trials whose MLflow run
+    (user attribute ``mlflow_run_id``) was soft-deleted (``mlflow runs delete``): ``vaesweep
+    best`` and ``vaesweep report`` leave them out alike. A run the store does not have, or
+    no ``client``, counts as not deleted."""
+    out: dict[int, str] = {}
+    if client is None:
+        return out
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        run_id = t.user_attrs.get(ATTR_RUN_ID)
+        if not run_id:
+            continue
+        try:
+            if client.get_run(str(run_id)).info.lifecycle_stage == "deleted":
+                out[t.number] = str(run_id)
+        except Exception:  # noqa: BLE001 - not in this store: not known to be deleted
+            continue
+    return out
+
+
+def deleted_line(run_ids: Sequence[str], uri: str) -> str:
+    """One line saying that ``run_ids`` (deleted MLflow runs) are left out, and how to
+    restore them."""
+    from vaesweep.tracking.run import restore_command
+
+    ids = ", ".join(run_ids[:5]) + (f" and {len(run_ids) - 5} more" if len(run_ids) > 5 else "")
+    one = run_ids[0] if len(run_ids) == 1 else "RUN_ID"
+    return (f"{len(run_ids)} deleted MLflow run(s) ignored ({ids}); restore with "
+            f"`{restore_command(uri, 'run', one)}`" + ("" if len(run_ids) == 1 else " for each"))
 
 
 def summary_rows(study: optuna.Study, names: Sequence[str]) -> list[dict[str, Any]]:
@@ -96,12 +144,22 @@ def best_main(argv: Sequence[str]) -> int:
     a = p.parse_args(list(argv))
     study = load_study(a.sweep, a.storage)
     names = study.user_attrs.get("objectives") or [f"objective_{i}" for i in range(len(study.directions))]
-    best = best_trials(study)
+    try:
+        check_tracking_uri(a.tracking_uri)  # a read: no new empty store (MlflowClient makes one)
+        client: MlflowClient | None = MlflowClient(tracking_uri=a.tracking_uri)
+    except ConfigError:
+        client = None  # no store: nothing known to be deleted (a config to write needs one)
+    deleted = deleted_trial_runs(client, study)
+    best = best_trials(study, deleted)
+    if deleted:
+        print(deleted_line(list(deleted.values()), a.tracking_uri))
     if not best:
         states = {}
         for t in study.get_trials(deepcopy=False):
             states[t.state.name] = states.get(t.state.name, 0) + 1
         have = ", ".join(f"{n} {k}" for k, n in sorted(states.items())) or "no trials"
+        if deleted:
+            have += f" ({len(deleted)} COMPLETE with a deleted MLflow run)"
         raise ConfigError("sweep", a.sweep, "a study with at least one COMPLETE trial",
                           f"study {a.sweep!r} has {have} yet: run or resume it with "
                           f"`vaesweep -m +sweep={a.sweep}`")
@@ -116,7 +174,7 @@ def best_main(argv: Sequence[str]) -> int:
     first = best[0]
     run_id = first.user_attrs.get(ATTR_RUN_ID)
     if run_id:
-        out = Path(a.out or f"best_{a.sweep}.yaml")
+        out = Path(a.out or f"best_{file_part(a.sweep)}.yaml")
         from vaesweep.job.rundir import check_writable
         check_writable("--out", str(out), out, "run vaesweep best from a writable folder, "
                        "or pass --out PATH")
@@ -124,7 +182,8 @@ def best_main(argv: Sequence[str]) -> int:
         cfg = run_config(MlflowClient(tracking_uri=a.tracking_uri), run_id)
         write_config(out, cfg, run_id, f"study {study.study_name}, trial {first.number}")
         print(f"wrote the resolved config of trial {first.number} to {out}"
-              f"\n  re-run it with: vaesweep reproduce {run_id}   (or: vaesweep reproduce {out})")
+              f"\n  re-run it with: vaesweep reproduce {run_id}   (or: vaesweep reproduce "
+              f"{shlex.quote(str(out))})")
     return 0
 
 

@@ -19,6 +19,7 @@ from vaesweep.contract import (ATTR_PARENT_RUN_ID, ATTR_RUN_ID, DEFAULT_TRACKING
 from vaesweep.sweep.best import best_trials
 from vaesweep.sweep.progress import current
 from vaesweep.tracking import TrackedRun, git_commit
+from vaesweep.tracking.tags import filter_value
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +28,10 @@ def find_parent(client: MlflowClient, experiment: str, sweep: str, study: str | 
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return None
-    flt = f"tags.`{TAG_ROLE}` = 'parent' and tags.`{TAG_SWEEP}` = '{sweep}'"
+    flt = (f"tags.`{TAG_ROLE}` = 'parent' and "
+           f"tags.`{TAG_SWEEP}` = {filter_value(sweep, 'study.name')}")
     if study:
-        flt += f" and tags.`{TAG_STUDY}` = '{study}'"
+        flt += f" and tags.`{TAG_STUDY}` = {filter_value(study, 'study.name')}"
     runs = client.search_runs([exp.experiment_id], flt, order_by=["attributes.start_time DESC"],
                               max_results=1)
     return runs[0].info.run_id if runs else None

@@ -27,7 +27,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vaesweep.cli import fail
-from vaesweep.contract import ATTR_FAIL_REASON, ATTR_PRUNED_REASON, TAG_HOST, TAG_PID, TAG_PID_START
+from vaesweep.contract import (ATTR_FAIL_REASON, ATTR_PRUNED_REASON, TAG_HOST, TAG_PID, TAG_PID_START,
+                               sqlite_path)
 from vaesweep import stops
 from vaesweep.errors import ConfigError, Interrupted, VaesweepError, number, stop_signal
 from vaesweep.job.faults import machine_fault
@@ -41,8 +42,9 @@ from vaesweep.sweep.parent import (ATTR_PARENT_RUN_ID, InjectingLauncher, grid_n
                                    sweep_settings)
 from vaesweep.sweep.progress import sweep_progress
 from vaesweep.sweep.trial import storage
-from vaesweep.tracking.run import check_store, creation_lock, set_note, store_error
-from vaesweep.tracking.tags import set_tags
+from vaesweep.tracking.run import (check_experiment, check_store, creation_lock, deleted_run,
+                                   set_note, store_error)
+from vaesweep.tracking.tags import check_name, set_tags
 from vaesweep.tracking.stale import close_children, close_stale_runs, owner, owner_alive
 
 log = logging.getLogger("vaesweep.sweep")
@@ -353,15 +355,11 @@ class _ParentMixin:
 
     def _check_tracking(self) -> None:
         """The MLflow store opens (its tables created) before a study is written, so a store
-        that cannot be written (read-only, disk full) leaves no study behind."""
-        from mlflow.tracking import MlflowClient
-
+        that cannot be written (read-only, disk full) or an experiment that was deleted
+        (``mlflow experiments delete``) leaves no study behind."""
         s = sweep_settings(self.config)
         check_store(s["uri"])
-        try:
-            MlflowClient(tracking_uri=s["uri"]).get_experiment_by_name(s["experiment"])
-        except Exception as e:
-            raise store_error(s["uri"], e) from None
+        check_experiment(s["uri"], s["experiment"])  # a deleted one: which, how to restore it
 
     def _check_first_job(self, overrides: Sequence[str], swept: Sequence[str] = ()) -> None:
         """Composes and checks the config of a job of this sweep before any study, trial or
@@ -413,6 +411,11 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
 
     def sweep(self, arguments: list[str]) -> None:
         self.n_jobs = trials_at_once(self.n_jobs, self.config.hydra.get("launcher"))
+        # '' would fall back to the sweep's name (study.name='' wrote into `quick`)
+        if (self.config.get("study") or {}).get("name") is not None:
+            check_name("study.name", self.config.study.name)
+        if self.study_name is not None:
+            check_name("hydra.sweeper.study_name", self.study_name)
         study_name = self.study_name or sweep_settings(self.config)["sweep"]
         self.study_name = study_name
         directions = self._get_directions()
@@ -430,6 +433,7 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
                               swept=list(space))
         self._check_storage()
         self._check_tracking()
+        self._check_parent(study_name)
         # the worker that creates the study names its parent run in it before a stop is
         # raised: else the next worker would wait for a parent that never comes
         with stops.held() as hold:
@@ -528,6 +532,33 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
         if not isinstance(self.storage, str) or "://" not in self.storage:
             raise ConfigError(key[0], self.storage, key[1])
         check_store(self.storage, key)
+
+    def _check_parent(self, study_name: str) -> None:
+        """An existing study's MLflow parent run (its user attribute
+        :data:`ATTR_PARENT_RUN_ID`) was not soft-deleted (``mlflow runs delete``): a deleted
+        run takes no more children, so resuming is a ConfigError on ``study.name`` naming the
+        run and how to restore it, raised before the study is touched. Reads only: a storage
+        that is not there yet, or a run this store does not have, is no error here."""
+        from mlflow.tracking import MlflowClient
+
+        path = sqlite_path(self.storage) if isinstance(self.storage, str) else None
+        if self.storage is None or (path is not None and not path.is_file()):
+            return
+        try:
+            found = [st for st in optuna.get_all_study_summaries(storage(self.storage))
+                     if st.study_name == study_name]
+            run_id = found[0].user_attrs.get(ATTR_PARENT_RUN_ID) if found else None
+            if not run_id:
+                return
+            uri = sweep_settings(self.config)["uri"]
+            run = MlflowClient(tracking_uri=uri).get_run(str(run_id))
+        except Exception as e:  # noqa: BLE001 - _load_study and study_parent say what is wrong
+            log.debug("could not check the parent run of study %r: %s", study_name, e)
+            return
+        if run.info.lifecycle_stage == "deleted":
+            raise deleted_run("study.name", study_name, uri, str(run_id),
+                              "a study whose MLflow parent run is active (not deleted)",
+                              "choose another study.name for a new study")
 
     def _load_study(self, directions: Sequence[str], names: Sequence[str], space: dict,
                     fixed: dict, arguments: Sequence[str]) -> tuple[optuna.Study, bool]:

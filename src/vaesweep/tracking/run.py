@@ -210,10 +210,53 @@ def check_tracking_uri(uri: str) -> None:
     check_sqlite_file(uri, ("--tracking-uri", "a readable MLflow tracking store"))
 
 
+def restore_command(uri: str, kind: str, ident: str) -> str:
+    """The shell command that restores a soft-deleted MLflow run (``kind`` "run") or
+    experiment ("experiment") of the store ``uri``."""
+    import shlex
+    option = "--run-id" if kind == "run" else "--experiment-id"
+    return (f"MLFLOW_TRACKING_URI={shlex.quote(uri)} mlflow {kind}s restore {option} "
+            f"{shlex.quote(str(ident))}")
+
+
+def deleted_experiment(key: str, name: str, uri: str, exp: Any) -> ConfigError:
+    """The ConfigError for a soft-deleted experiment ``exp`` named by ``key``: which one,
+    and how to restore it."""
+    return ConfigError(key, name, "an active MLflow experiment",
+                       f"experiment {name!r} (id {exp.experiment_id}) of {uri} is deleted: "
+                       f"restore it with `{restore_command(uri, 'experiment', exp.experiment_id)}`"
+                       f", or choose another {key}")
+
+
+def deleted_run(key: str, value: Any, uri: str, run_id: str, allowed: str,
+                other: str) -> ConfigError:
+    """The ConfigError for a soft-deleted run ``run_id`` reached through ``key``: what is
+    ``allowed``, which run is deleted, how to restore it, and the ``other`` way out."""
+    return ConfigError(key, value, allowed,
+                       f"MLflow run {run_id} of {uri} is deleted: restore it with "
+                       f"`{restore_command(uri, 'run', run_id)}`, or {other}")
+
+
+def check_experiment(uri: str, name: str, key: str = "tracking.experiment") -> None:
+    """Experiment ``name`` of store ``uri`` is active or does not exist yet (then it is
+    created): a soft-deleted one (``mlflow experiments delete``) takes no runs, and is a
+    ConfigError naming ``key``, the experiment's id and how to restore it. A store that
+    cannot be read is :func:`store_error`."""
+    try:
+        exp = MlflowClient(tracking_uri=uri).get_experiment_by_name(name)
+    except Exception as e:
+        raise store_error(uri, e) from None
+    if exp is not None and exp.lifecycle_stage == "deleted":
+        raise deleted_experiment(key, name, uri, exp)
+
+
 def experiment_id(client: MlflowClient, name: str) -> str:
     """The id of experiment ``name``, created if missing (by whichever worker comes first),
-    tagged as a model-training experiment (:data:`TAG_EXPERIMENT_KIND`) unless it has a kind."""
+    tagged as a model-training experiment (:data:`TAG_EXPERIMENT_KIND`) unless it has a kind.
+    A soft-deleted one is a ConfigError on ``tracking.experiment`` (:func:`check_experiment`)."""
     exp = client.get_experiment_by_name(name)
+    if exp is not None and exp.lifecycle_stage == "deleted":
+        raise deleted_experiment("tracking.experiment", name, client.tracking_uri, exp)
     if exp is None:
         from vaesweep.contract import launch_dir
         where = None  # MLflow's default: ./mlruns of the working folder
@@ -271,6 +314,9 @@ class TrackedRun:
                 run = self.client.create_run(exp_id, tags=tags, run_name=run_name)
             else:
                 run = self.client.get_run(run_id)
+                if run.info.lifecycle_stage == "deleted":
+                    raise deleted_run("run_id", run_id, uri, run_id, "an active (not deleted) "
+                                      "MLflow run", "continue another run")
                 self._params = dict(run.data.params)
                 # a continued run: now owned by this process, its old error kept aside
                 resumes = int(run.data.tags.get(TAG_RESUMES, 0)) + 1
@@ -282,6 +328,8 @@ class TrackedRun:
                 if old_error is not None:
                     delete_tag(self.client, run_id, TAG_ERROR)
                 self.client.update_run(run_id, status="RUNNING")
+        except ConfigError:
+            raise
         except Exception as e:
             if getattr(e, "error_code", None) == "RESOURCE_DOES_NOT_EXIST" and run_id:
                             raise ConfigError("run_id", run_id, f"a run of the tracking store {uri}") from None

@@ -16,8 +16,8 @@ import socket
 import time
 from typing import Any
 
-from vaesweep.contract import TAG_ERROR, TAG_HOST, TAG_PARENT, TAG_PID, TAG_PID_START, TAG_TRIAL
-from vaesweep.tracking.tags import set_tags
+from vaesweep.contract import TAG_ERROR, TAG_HOST, TAG_PARENT, TAG_PID, TAG_PID_START, TAG_SWEEP, TAG_TRIAL
+from vaesweep.tracking.tags import filter_value, set_tags
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,8 @@ def close_stale_runs(uri: str, experiment: str, sweep: str) -> list[str]:
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return []
-    flt = f"attributes.status = 'RUNNING' and tags.`vaesweep.sweep` = '{sweep}'"
+    flt = (f"attributes.status = 'RUNNING' and tags.`{TAG_SWEEP}` = "
+           f"{filter_value(sweep, 'study.name')}")
     closed = []
     for run in client.search_runs([exp.experiment_id], flt, max_results=50000):
         tags = run.data.tags

@@ -29,3 +29,43 @@ def delete_tag(client: MlflowClient, run_id: str, key: str) -> None:
     except Exception as e:
         if getattr(e, "error_code", None) != "RESOURCE_DOES_NOT_EXIST":
             raise
+
+
+#: the names a user gives (``study.name``, ``tracking.experiment``, ``tracking.run_name``)
+NAME_ALLOWED = ("a non-empty name without both a ' and a \" (MLflow's search filters quote "
+                "a name with the quote it lacks)")
+
+
+def check_name(key: str, value: Any) -> str:
+    """``value`` as a name that works in every place vaesweep puts it: MLflow tags, run and
+    experiment names and search filters, Optuna study names and file names (see
+    :func:`filter_value`, :func:`file_part`). Raises a ConfigError naming ``key`` for an
+    empty (or blank) name and one holding both quote characters."""
+    from vaesweep.errors import ConfigError
+
+    if not isinstance(value, (str, int)) or isinstance(value, bool) or not str(value).strip() \
+            or ("'" in str(value) and '"' in str(value)):
+        raise ConfigError(key, value, NAME_ALLOWED)
+    return str(value)
+
+
+def filter_value(value: Any, key: str = "name") -> str:
+    """``value`` quoted as a string of an MLflow search filter (``tags.`k` = <this>``).
+    MLflow's filter grammar takes a string in single or double quotes and has no escape
+    inside them (it strips the outer quotes): a value with a ' is put in double quotes.
+    A value with both quote characters cannot be written: a ConfigError naming ``key``."""
+    from vaesweep.errors import ConfigError
+
+    text = str(value)
+    if "'" not in text:
+        return f"'{text}'"
+    if '"' not in text:
+        return f'"{text}"'
+    raise ConfigError(key, value, NAME_ALLOWED)
+
+
+def file_part(name: Any) -> str:
+    """``name`` as one part of a file name (``best_<name>.yaml``, ``report_<name>``): path
+    separators and control characters replaced by ``_``, so the file lands in the folder
+    meant."""
+    return "".join("_" if c in "/\\" or ord(c) < 32 else c for c in str(name)) or "_"
