@@ -10,6 +10,7 @@ from typing import Any, NoReturn
 from vaesweep.contract import conf_dir
 from vaesweep.errors import VaesweepError, stop_signal
 from vaesweep.stops import catching_stops
+from vaesweep.job.rundir import remove_refused
 
 log = logging.getLogger("vaesweep")
 
@@ -107,7 +108,6 @@ def _task(cfg: Any) -> Any:
         metrics = run_job(cfg)
     except VaesweepError as e:
         if HydraConfig.get().mode == RunMode.RUN:
-            from vaesweep.job.rundir import remove_refused
             remove_refused()  # a refused run leaves no outputs/<day>/<time>/ behind
             fail(e)
         raise

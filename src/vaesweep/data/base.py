@@ -22,6 +22,7 @@ from vaesweep.errors import ConfigError, number
 from vaesweep.integers import as_integers
 from vaesweep.registry import Registry
 from vaesweep.schema import PartConfig, boolean, config_from_keys, free, num, whole
+from vaesweep.contract import launch_path
 
 log = logging.getLogger(__name__)
 
@@ -346,7 +347,6 @@ def data_root(cfg: Mapping) -> Path:
     """``data.root``, else ``$VAESWEEP_DATA``, else ~/.cache/vaesweep; ``~`` expanded; a
     relative folder is read against the folder the command was started from (not a
     ``hydra.job.chdir=true`` job's output folder)."""
-    from vaesweep.contract import launch_path
     root = cfg_get(cfg, "root") or os.environ.get("VAESWEEP_DATA") or DEFAULT_ROOT
     return launch_path(str(root))
 

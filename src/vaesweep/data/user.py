@@ -34,6 +34,8 @@ from vaesweep.data.base import (DEFAULT_ROOT, DataConfig, ImageSet, cfg_get, che
                                 maybe_subset, register_dataset)
 from vaesweep.errors import ConfigError, DataError
 from vaesweep.schema import boolean, free, one_of
+from vaesweep.schema import _field
+from vaesweep.data.loaders import split_indices
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +66,6 @@ def _size(key: str, value: Any) -> tuple[int, int] | None:
 
 
 def _size_field() -> Any:
-    from vaesweep.schema import _field
 
     return _field(None, lambda key, value: None if value is None else list(_size(key, value)))
 
@@ -372,7 +373,6 @@ def build_array(cfg: Mapping) -> ImageSet:
 def _standardized(imageset: ImageSet, checked: Any) -> ImageSet:
     """Each feature (pixel) minus its mean, over its standard deviation (1 where it is 0),
     both over the training split of :func:`~vaesweep.data.loaders.split_indices`."""
-    from vaesweep.data.loaders import split_indices
 
     train, _, _ = split_indices(len(imageset), checked.val_fraction, checked.test_fraction,
                                 checked.seed, None)

@@ -28,6 +28,7 @@ from vaesweep.parts import check_parts
 from vaesweep.sweep.progress import check_progress
 from vaesweep.tracking.run import check_experiment, check_store
 from vaesweep.tracking.tags import check_name
+from vaesweep.likelihood.base import HEADS
 
 
 def resolve(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
@@ -171,7 +172,6 @@ def check_data_range(c: Mapping[str, Any], imageset: Any, module: VAEModule) -> 
     data inside it: binary cross-entropy on standardised features or other values outside
     [0, 1] trains to a meaningless loss. Raises ConfigError (``likelihood.name``) giving the
     range found and the heads that fit it."""
-    from vaesweep.likelihood.base import HEADS
 
     support = getattr(module.head, "support", None)
     if support is None:

@@ -16,6 +16,8 @@ from mlflow.tracking import MlflowClient
 
 from vaesweep.errors import ConfigError
 from vaesweep.module import VAEModule, current_keys
+from vaesweep.contract import launch_path
+from vaesweep.tracking.run import deleted_run
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +37,6 @@ def resolve_ckpt(value: Any, out: Path) -> Path | None:
                               "`last` is looked up in this run's output folder: set "
                               "hydra.run.dir=<the killed run's folder>, or give the checkpoint's path")
         return path
-    from vaesweep.contract import launch_path
     path = launch_path(str(value))  # relative: to the folder the command was started from
     if not path.is_file():
         raise ConfigError("ckpt_path", str(value), "null, last, or the path of a checkpoint file",
@@ -177,7 +178,6 @@ def continued_run(uri: str, ckpt: Path, value: Any = None) -> str | None:
     the one that wrote it, if this tracking store has it. A run that was soft-deleted
     (``mlflow runs delete``) cannot take metrics: a ConfigError naming ``ckpt_path``, the run
     and how to restore it."""
-    from vaesweep.tracking.run import deleted_run
 
     run_id = checkpoint_run_id(ckpt)
     if run_id is None:

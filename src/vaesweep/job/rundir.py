@@ -15,6 +15,8 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
+from vaesweep.errors import ConfigError, VaesweepError
+
 #: the topmost folder of the current run's ``hydra.run.dir`` that did not exist before the
 #: run (``outputs/`` itself, ``outputs/<day>`` or ``outputs/<day>/<time>``); None when the
 #: folder was already there (a resumed run) or outside a single run
@@ -26,7 +28,6 @@ def check_writable(key: str, value: Any, path: Path, hint: str) -> None:
     file or folder ``path`` that cannot be made: its nearest existing folder is not writable
     (a read-only file system, or no permission). A temporary folder is made and removed
     there: root ignores permission bits, so ``os.access`` is no test."""
-    from vaesweep.errors import ConfigError
     existing = path.expanduser().absolute()
     while not existing.exists() and existing.parent != existing:
         existing = existing.parent
@@ -51,7 +52,6 @@ class RunDir(Callback):
         while not existing.exists() and existing.parent != existing:
             existing, created = existing.parent, existing
         CREATED = created
-        from vaesweep.errors import VaesweepError
         try:
             check_writable("hydra.run.dir", str(config.hydra.run.dir), out,
                            "run vaesweep from a writable folder, or set hydra.run.dir=<a "

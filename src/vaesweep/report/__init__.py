@@ -22,6 +22,7 @@ from vaesweep.report.markdown import render_markdown
 from vaesweep.tracking.run import set_note
 from vaesweep.tracking.tags import file_part
 from vaesweep.tracking.tags import file_part
+from vaesweep.job.rundir import check_writable
 
 log = logging.getLogger(__name__)
 #: where the report's files go inside the parent run's artifacts
@@ -74,7 +75,6 @@ def make_report(sweep: str, tracking_uri: str = DEFAULT_URI, *,
     """Load ``sweep``, build and write its report into ``out`` (default ``report_<sweep>``),
     and log it to the parent run; returns the written paths. An ``out`` that cannot be
     written is a :class:`vaesweep.errors.ConfigError` naming ``--out``, before any reading."""
-    from vaesweep.job.rundir import check_writable
     out = Path(out or f"report_{file_part(sweep)}")
     check_writable("--out", str(out), out, "run vaesweep report from a writable folder, or "
                    "pass --out FOLDER")  # before the report is built

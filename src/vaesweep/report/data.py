@@ -96,7 +96,7 @@ class SweepData:
     @property
     def deleted_note(self) -> str | None:
         """One line saying how many deleted runs are left out and how to restore them."""
-        from vaesweep.sweep.best import deleted_line
+        from vaesweep.sweep.best import deleted_line  # start-up time: Optuna only when read
         return deleted_line(self.deleted_runs, self.tracking_uri) if self.deleted_runs else None
 
     @property

@@ -17,7 +17,10 @@ from optuna.trial import TrialState
 from vaesweep.contract import ATTR_RUN_ID, DEFAULT_STORAGE, TAG_REPRODUCES
 from vaesweep.contract import DEFAULT_TRACKING_URI as DEFAULT_URI
 from vaesweep.errors import ConfigError
-from vaesweep.tracking.run import check_sqlite_file, check_tracking_uri, sqlite_path, store_error
+from vaesweep.contract import TAG_ERROR, TAG_STATE
+from vaesweep.job.rundir import check_writable
+from vaesweep.tracking.run import (check_sqlite_file, check_tracking_uri, restore_command,
+                                   sqlite_path, store_error)
 from vaesweep.tracking.tags import file_part
 
 #: the key and allowed value of a storage ``vaesweep best`` and ``report`` read
@@ -70,7 +73,6 @@ def deleted_trial_runs(client: MlflowClient | None, study: optuna.Study) -> dict
 def deleted_line(run_ids: Sequence[str], uri: str) -> str:
     """One line saying that ``run_ids`` (deleted MLflow runs) are left out, and how to
     restore them."""
-    from vaesweep.tracking.run import restore_command
 
     ids = ", ".join(run_ids[:5]) + (f" and {len(run_ids) - 5} more" if len(run_ids) > 5 else "")
     one = run_ids[0] if len(run_ids) == 1 else "RUN_ID"
@@ -175,7 +177,6 @@ def best_main(argv: Sequence[str]) -> int:
     run_id = first.user_attrs.get(ATTR_RUN_ID)
     if run_id:
         out = Path(a.out or f"best_{file_part(a.sweep)}.yaml")
-        from vaesweep.job.rundir import check_writable
         check_writable("--out", str(out), out, "run vaesweep best from a writable folder, "
                        "or pass --out PATH")
         check_tracking_uri(a.tracking_uri)  # a read: no new empty store (MlflowClient makes one)
@@ -204,7 +205,6 @@ def pruned_note(run: Any, max_steps: Any) -> str | None:
     trains all ``max_steps``, so its metrics differ from the pruned run's. None otherwise."""
     import re
 
-    from vaesweep.contract import TAG_ERROR, TAG_STATE
     tags = run.data.tags
     if tags.get(TAG_STATE) != "PRUNED":
         return None

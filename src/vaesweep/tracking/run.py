@@ -27,6 +27,7 @@ from vaesweep.tracking.tags import delete_tag, set_tags
 from vaesweep.contract import (MODEL_TRAINING, TAG_CHANGED_PARAMS, TAG_COMMIT, TAG_DATA_SHAPE,  # noqa: F401
                                TAG_ERROR, TAG_EXPERIMENT_KIND, TAG_PARENT, TAG_PREVIOUS_ERROR,
                                TAG_RESUMES, TAG_STATE, TAG_SWEEP, TAG_TRIAL, sqlite_path)
+from vaesweep.contract import launch_dir
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +259,6 @@ def experiment_id(client: MlflowClient, name: str) -> str:
     if exp is not None and exp.lifecycle_stage == "deleted":
         raise deleted_experiment("tracking.experiment", name, client.tracking_uri, exp)
     if exp is None:
-        from vaesweep.contract import launch_dir
         where = None  # MLflow's default: ./mlruns of the working folder
         if sqlite_path(client.tracking_uri) is not None and Path.cwd().resolve() != launch_dir().resolve():
             where = str(launch_dir().resolve() / "mlruns")  # hydra.job.chdir=true: not the job's folder

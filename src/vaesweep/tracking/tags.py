@@ -7,6 +7,8 @@ from typing import Any, Mapping
 from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 
+from vaesweep.errors import ConfigError
+
 
 def set_tags(client: MlflowClient, run_id: str, tags: Mapping[str, Any]) -> None:
     """Sets ``tags`` on run ``run_id`` in one ``log_batch``, safely when several processes set
@@ -41,7 +43,6 @@ def check_name(key: str, value: Any) -> str:
     experiment names and search filters, Optuna study names and file names (see
     :func:`filter_value`, :func:`file_part`). Raises a ConfigError naming ``key`` for an
     empty (or blank) name and one holding both quote characters."""
-    from vaesweep.errors import ConfigError
 
     if not isinstance(value, (str, int)) or isinstance(value, bool) or not str(value).strip() \
             or ("'" in str(value) and '"' in str(value)):
@@ -54,7 +55,6 @@ def filter_value(value: Any, key: str = "name") -> str:
     MLflow's filter grammar takes a string in single or double quotes and has no escape
     inside them (it strips the outer quotes): a value with a ' is put in double quotes.
     A value with both quote characters cannot be written: a ConfigError naming ``key``."""
-    from vaesweep.errors import ConfigError
 
     text = str(value)
     if "'" not in text:
