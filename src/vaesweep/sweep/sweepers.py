@@ -413,8 +413,10 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
     reads_objectives = True
 
     def __init__(self, *args: Any, pruner: Any = None, max_failures_in_a_row: int = 0,
-                 custom_search_space: Any = None, enqueue: Any = None) -> None:
+                 custom_search_space: Any = None, enqueue: Any = None,
+                 sampler_factory: Any = None) -> None:
         super().__init__(*args)
+        self.sampler_factory = sampler_factory  # a new sampler like the sweep's, for a dry trial
         self.enqueue = enqueue
         self.design: list[dict] = []
         self.pruner = pruner
@@ -501,7 +503,10 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
                                   f"({name} reads study.prune_on at each validation)")
         self._build_grid_sampler(space)
         # one dry trial on a copy of the sampler, in memory: the sampler's own checks run
-        sampler = copy.deepcopy(self.sampler)
+        try:
+            sampler = copy.deepcopy(self.sampler)
+        except TypeError:  # it holds a lock (Optuna's GA samplers, NSGA-II/III): a fresh one
+            sampler = self.sampler_factory() if self.sampler_factory else self.sampler
         verbosity = optuna.logging.get_verbosity()
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "study created in memory"
         try:
@@ -741,6 +746,7 @@ class VaesweepOptunaSweeper(Sweeper):
                  max_failures_in_a_row: int = 0, enqueue: Any = None) -> None:
         with user_errors():  # the stock sweeper asserts it, with a traceback
             number("hydra.sweeper.max_failure_rate", max_failure_rate, 0, 1)
+        sampler_config = sampler
         sampler = _instantiate("hydra.sweeper.sampler", sampler, SAMPLER_WHITELIST)
         pruner = (_instantiate("hydra.sweeper.pruner", pruner, PRUNER_WHITELIST)
                   if pruner else optuna.pruners.NopPruner())
@@ -751,7 +757,9 @@ class VaesweepOptunaSweeper(Sweeper):
                                           n_jobs, max_failure_rate, None, params,
                                           pruner=pruner, custom_search_space=extender,
                                           max_failures_in_a_row=max_failures_in_a_row,
-                                          enqueue=enqueue)
+                                          enqueue=enqueue, sampler_factory=lambda: _instantiate(
+                                              "hydra.sweeper.sampler", sampler_config,
+                                              SAMPLER_WHITELIST))
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
