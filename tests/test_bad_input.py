@@ -32,6 +32,8 @@ SINGLE = ["study.name=single", "objective=[test/distortion]", "hydra.sweeper.dir
 OPTUNA = ["-m", "hydra/sweeper=vaesweep_optuna", "study.name=other", "hydra.sweeper.study_name=other",
           "objective=[test/distortion,test/rate]", "hydra.sweeper.direction=[minimize,minimize]",
           "kl.beta_norm=interval(0.001,1)", *SWEEP[2:]]
+# the same, its search space given by each case
+OWN_SPACE = [a for a in OPTUNA if not a.startswith("kl.beta_norm=")]
 CLOSED_PORT = 9  # discard: nothing listens there, a connection is refused at once
 
 
@@ -294,6 +296,38 @@ CASES = [
     # MLflow's search filters quote a string in ' or " with no escape: one of them must be free
     ("name with both quotes", [*SWEEP, "study.name='a\\'b\"c'"],
      ["study.name='a\\'b\"c' is invalid", "without both a ' and a \""], 2),
+    # checks that came only inside each trial (issue 6): refused before the first trial
+    ("sweep: val objective, no validation within max_steps",
+     [*SWEEP, "study.name=other", "objective=[val/distortion,test/rate]", "trainer.val_check_interval=10"],
+     ["objective='val/distortion'", "trainer.val_check_interval=10 is more than the 2 batches"], 2),
+    ("sweep: val objective, no validation images",
+     [*SWEEP, "study.name=other", "objective=[val/distortion,test/rate]", "data.val_fraction=0"],
+     ["objective='val/distortion'", "data.val_fraction=0 leaves none"], 2),
+    ("sweep: float interval for a whole-number key", [*OPTUNA, "model.latent_dim=interval(2,16)"],
+     ["model.latent_dim='interval(2,16)'", "int(interval(2, 16)) or range(2, 17)", "such as 5.5"], 2),
+    ("sweep: log float interval for a whole-number key",
+     [*OPTUNA, "model.latent_dim=tag(log,interval(2,16))"],
+     ["model.latent_dim='tag(log,interval(2,16))'", "tag(log, int(interval(2, 16)))"], 2),
+    ("sweep: interval with low above high", [*OWN_SPACE, "kl.beta_norm=tag(log,interval(1.0,0.001))"],
+     ["kl.beta_norm='tag(log,interval(1.0,0.001))'", "low <= high", "low=1.0, high=0.001"], 2),
+    ("sweep: log interval from 0", [*OWN_SPACE, "kl.beta_norm=tag(log,interval(0,1))"],
+     ["kl.beta_norm='tag(log,interval(0,1))'", "low > 0", "low=0.0, high=1.0"], 2),
+    ("sweep: interval end out of range", [*OWN_SPACE, "kl.beta_norm=interval(-1,1)"],
+     ["kl.beta_norm=-1.0 is invalid", "[0, inf]", "the sweep kl.beta_norm=interval(-1,1)"], 2),
+    ("sweep: choice value of the wrong type", [*OPTUNA, "model.latent_dim=choice(4,abc)"],
+     ["model.latent_dim='abc' is invalid", "whole number", "choice(4,abc)"], 2),
+    ("sweep: choice value out of range, not the first", [*OPTUNA, "kl.reduction=choice(mean,avg)"],
+     ["kl.reduction='avg' is invalid", "'sum', 'mean'"], 2),
+    ("sweep: interval for a config group", [*OPTUNA, "kl/schedule=interval(0,1)"],
+     ["kl/schedule='interval(0,1)' is invalid", "choice(...)", "linear"], 2),
+    ("sweep: unknown option of a swept group", [*OPTUNA, "kl/schedule=choice(constant,nope)"],
+     ["kl/schedule='nope' is invalid", "constant, cosine"], 2),
+    ("grid: a bad value that is not the first", ["-m", "+sweep=beta_norm_grid", "kl.beta_norm=0.1,-1"],
+     ["kl.beta_norm=-1 is invalid", "[0, inf]"], 2),
+    ("max_steps beyond the bound", ["trainer.max_steps=1e20"],
+     ["trainer.max_steps=1e+20", "whole number in [-1, 1e+09]"], 2),
+    ("sweep: max_steps beyond the bound", [*SWEEP, "trainer.max_steps=1e20"],
+     ["trainer.max_steps=1e+20", "whole number in [-1, 1e+09]"], 2),
 ]
 
 
@@ -305,6 +339,18 @@ def test_bad_input(cwd, args, needles, exit_code):
     if exit_code == 2:  # ours: exactly one line
         lines = [l for l in err.splitlines() if l.startswith("vaesweep: error:")]
         assert len(lines) == 1, err
+
+
+@pytest.mark.parametrize("args", [[*BASE, "trainer.max_steps=1e20"],
+                                  [*SWEEP, "kl.reduction=avg"]], ids=["run", "sweep"])
+def test_a_key_given_twice_is_one_warning_line(cwd, args):
+    """Hydra takes the last of two values of one key without a word (issue 6): one warning
+    line says so, once (not per job of a sweep)."""
+    code, err = main([*args[:-1], "kl.beta_norm=0.1", "kl.beta_norm=0.2", args[-1]])
+    assert code == 2, err
+    warnings = [l for l in err.splitlines() if l.startswith("vaesweep: warning:")]
+    assert warnings == ["vaesweep: warning: kl.beta_norm is given twice (0.1, 0.2); using the "
+                        "last, 0.2"], err
 
 
 # a bad value of any part (head, weighting, schedule, model, dataset) is refused right after

@@ -207,6 +207,26 @@ def test_nan_trial_stops_at_once_is_failed_and_the_study_goes_on(workdir):
     assert "Error executing job" not in err and "Traceback" not in err, err[-3000:]
 
 
+def test_a_trial_without_its_objective_is_failed_in_both_stores(workdir):
+    """A trial whose objective is missing (here: validation once an epoch, in a run shorter
+    than one epoch, which the sweep's first-job checks do not model) is FAIL in Optuna and its
+    MLflow run FAILED with the reason (the run said FINISHED: the stores disagreed)."""
+    storage, uri = f"sqlite:///{workdir}/optuna.db", f"sqlite:///{workdir}/mlflow.db"
+    fast = [a for a in FAST if not a.startswith(("trainer.max_steps", "trainer.val_check"))]
+    code, err = vaesweep(["-m", "+sweep=quick", *fast, "study.name=noval",
+                          "objective=[val/distortion,test/rate]", "trainer.max_steps=2",
+                          "trainer.check_val_every_n_epoch=1", "trainer.val_check_interval=1.0",
+                          "hydra.sweeper.n_trials=1", "hydra.sweeper.max_failures_in_a_row=1",
+                          "hydra.sweeper.enqueue=null"])
+    assert code != 0 and "1 trials in a row failed" in err, err[-3000:]
+    (trial,) = optuna.load_study(study_name="noval", storage=storage).trials
+    assert trial.state == S.FAIL
+    assert "val/distortion=missing" in trial.user_attrs["fail_reason"], trial.user_attrs
+    (run,) = [r for r in search_runs(uri) if r.data.tags.get("vaesweep.trial") == "0"]
+    assert run.info.status == "FAILED"
+    assert "non-finite objective value(s): val/distortion=missing" in run.data.tags["vaesweep.error"]
+
+
 @pytest.mark.slow
 def test_nan_run_is_one_line_with_the_step_terms_and_a_hint(workdir):
     code, out, err = main_out(["trainer=smoke", "data.subset=64", "data.batch_size=16",

@@ -47,6 +47,26 @@ def fail(e: VaesweepError) -> NoReturn:
     raise SystemExit(e.exit_code) from None
 
 
+def warn_repeated(overrides: list[str]) -> list[str]:
+    """One warning line on stderr per key given more than once among the command line's
+    ``overrides`` (Hydra takes the last, silently):
+    ``vaesweep: warning: kl.beta_norm is given twice (0.1, 0.2); using the last, 0.2``.
+    Returns the lines printed."""
+    given: dict[str, list[str]] = {}
+    for o in overrides:
+        key, eq, value = o.partition("=")
+        if eq and not key.startswith("~"):
+            given.setdefault(key.lstrip("+"), []).append(value)
+    lines = []
+    for key, values in given.items():
+        if len(values) > 1:
+            times = "twice" if len(values) == 2 else f"{len(values)} times"
+            lines.append(f"vaesweep: warning: {key} is given {times} ({', '.join(values)}); "
+                         f"using the last, {values[-1]}")
+            print(lines[-1], file=sys.stderr)
+    return lines
+
+
 def verbose() -> bool:
     """``VAESWEEP_VERBOSE=1``: a failed run shows its Python traceback, not one line."""
     return os.environ.get("VAESWEEP_VERBOSE", "").strip().lower() not in ("", "0", "false", "no")
@@ -104,6 +124,8 @@ def _task(cfg: Any) -> Any:
     from vaesweep.train import machine_fault, objectives, run_job  # start-up time: torch not for --help
 
     _quiet_lightning()
+    if HydraConfig.get().mode == RunMode.RUN:  # a sweep's own sweeper says it, once
+        warn_repeated(list(HydraConfig.get().overrides.task))
     try:
         metrics = run_job(cfg)
     except VaesweepError as e:

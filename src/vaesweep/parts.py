@@ -100,6 +100,28 @@ def check_parts(c: Mapping[str, Any]) -> None:
                                    kind.what(name) if kind.what else None, kind.ignore)
 
 
+def part_key_check(c: Mapping[str, Any], key: str) -> Callable[[str, Any], Any] | None:
+    """The check of one dotted key of a part's node on its own (``model.latent_dim``: a whole
+    number >= 1), read from the typed config of the part that the resolved config ``c`` names
+    (``model.name``); None when ``key`` is no part's key or its value is unchecked. A sweep
+    checks every value a swept key can take with it before the first trial."""
+    for group in sorted(GROUPS, key=len, reverse=True):  # kl/schedule before kl
+        prefix = group.replace("/", ".") + "."
+        rest = key[len(prefix):] if key.startswith(prefix) else ""
+        if not rest or "." in rest:
+            continue
+        node: Any = c
+        for part in group.split("/"):
+            node = node.get(part) if isinstance(node, Mapping) else None
+        name = node.get("name") if isinstance(node, Mapping) else None
+        try:
+            config = GROUPS[group].config(name)
+        except (ConfigError, KeyError, TypeError):  # an unknown part: check_parts says so
+            return None
+        return config.key_check(rest)
+    return None
+
+
 def schema_name(group: str, name: str) -> str:
     """The ConfigStore name of a part's defaults: ``_defaults_kl_schedule_linear``."""
     return f"_defaults_{group.replace('/', '_')}_{name}"

@@ -127,6 +127,13 @@ class PartConfig:
         them (``prefix``: the config node, e.g. ``likelihood``)."""
 
     @classmethod
+    def key_check(cls, name: str) -> Check | None:
+        """The check of key ``name`` on its own (its type and range, as
+        ``check(dotted_key, value) -> value``; rules between keys are :meth:`check`'s), or
+        None when the part has no such key or leaves its value unchecked."""
+        return next((f.metadata.get(CHECK) for f in fields(cls) if f.name == name), None)
+
+    @classmethod
     def key_names(cls) -> list[str]:
         """Every key the part accepts (extra ones included)."""
         return [f.name for f in fields(cls)]

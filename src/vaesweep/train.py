@@ -144,8 +144,24 @@ def _job(c: dict[str, Any], tags: Mapping[str, str] | None, run_id: str | None,
         trainer.save_checkpoint(final, weights_only=False)  # full state, so it can resume
         if c["tracking"].get("log_checkpoint", True):
             run.log_artifact(final, "checkpoints")
+        if trial is not None:  # the sweeper would tell Optuna FAIL: the run fails with it
+            check_objective_values(c, metrics)
         metrics["_run_id"] = run.run_id  # type: ignore[assignment]
     return metrics
+
+
+def check_objective_values(c: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
+    """An Optuna trial's objectives (``objective``) are finite numbers in ``metrics``; else a
+    FloatingPointError naming each missing or non-finite one, raised inside the trial's MLflow
+    run, so that the run is FAILED (with the reason in ``vaesweep.error``) as the trial is
+    FAIL in Optuna, never FINISHED beside a failed trial."""
+    names = c.get("objective") or []
+    names = [names] if isinstance(names, str) else list(names)
+    bad = [f"{n}={'missing' if n not in metrics else metrics[n]}" for n in names
+           if not (n in metrics and math.isfinite(float(metrics[n])))]
+    if bad:
+        raise FloatingPointError(f"non-finite objective value(s): {', '.join(bad)} (the trial "
+                                 "produced no finite value for it)")
 
 
 @contextlib.contextmanager

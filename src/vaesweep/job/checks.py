@@ -6,6 +6,7 @@ first bad value."""
 from __future__ import annotations
 
 import inspect
+import math
 import re
 from pathlib import Path
 from typing import Any, Mapping
@@ -24,7 +25,7 @@ from vaesweep.job.hardware import FAST_PATH, check_fast_path
 from vaesweep.job.resume import check_checkpoint, resolve_ckpt
 from vaesweep.metrics.evaluate import FACTOR_METRICS, LABEL_METRICS, resolve_settings
 from vaesweep.module import OPTIMIZERS, VAEModule
-from vaesweep.parts import check_parts
+from vaesweep.parts import check_parts, part_key_check
 from vaesweep.sweep.progress import check_progress
 from vaesweep.tracking.run import check_experiment, check_store
 from vaesweep.tracking.tags import check_name
@@ -77,7 +78,7 @@ def check_job(c: Mapping[str, Any]) -> None:
     ``metrics``, then every part's node (data, model, likelihood, kl, kl.schedule) against
     its typed config; all without loading data. Raises ConfigError naming the first bad key,
     its value and what is allowed."""
-    number("seed", c.get("seed", 0), 0, 2**32 - 1, integer=True)
+    JOB_KEYS["seed"]("seed", c.get("seed", 0))
     objective = c.get("objective") or []
     if isinstance(objective, str):
         objective = [objective]
@@ -90,14 +91,14 @@ def check_job(c: Mapping[str, Any]) -> None:
             raise ConfigError(f"trainer.{key}", c["trainer"][key], "a lightning.Trainer argument")
     check_fast_path(c.get("trainer", {}))
     check_trainer_numbers(c.get("trainer", {}))
-    number("tracking.n_images", (c.get("tracking") or {}).get("n_images", 8), 1, integer=True)
+    JOB_KEYS["tracking.n_images"]("tracking.n_images", (c.get("tracking") or {}).get("n_images", 8))
     check_names(c)
     check_progress(c)
     convergence.settings(c)
     optim = c.get("optim") or {}
     if optim.get("name") not in OPTIMIZERS:
         raise ConfigError("optim.name", optim.get("name"), sorted(OPTIMIZERS))
-    number("optim.lr", optim.get("lr", OPTIM_DEFAULTS["lr"]), 0.0, lo_open=True)
+    JOB_KEYS["optim.lr"]("optim.lr", optim.get("lr", OPTIM_DEFAULTS["lr"]))
     uri = str(c["tracking"]["uri"])
     if "://" not in uri and not uri.startswith("databricks"):
         raise ConfigError("tracking.uri", uri, "an MLflow tracking URI such as sqlite:///mlflow.db, "
@@ -124,16 +125,45 @@ def check_names(c: Mapping[str, Any]) -> None:
             check_name(key, value)
 
 
+#: the job's own keys whose values are checked one at a time, ``check(key, value) -> value``
+#: (by :func:`check_job`, and by a sweep for every value its search space can take)
+JOB_KEYS = {
+    "seed": lambda key, v: number(key, v, 0, 2**32 - 1, integer=True),
+    "optim.lr": lambda key, v: number(key, v, 0.0, lo_open=True),
+    "tracking.n_images": lambda key, v: number(key, v, 1, integer=True),
+}
+
+
+def key_check(c: Mapping[str, Any], key: str) -> Any:
+    """The check of one dotted key's value on its own, ``check(key, value) -> value`` raising
+    ConfigError: a job key (:data:`JOB_KEYS`), a Trainer count or fraction, a metric
+    setting, or a part's key from its typed config (:func:`vaesweep.parts.part_key_check`,
+    for the part the resolved config ``c`` names). None for a key with no check of its own
+    (a rule between keys, or a value only the data can check, is checked with the job)."""
+    if key in JOB_KEYS:
+        return JOB_KEYS[key]
+    group, _, name = key.partition(".")
+    if group == "trainer" and (name in TRAINER_COUNTS or name in TRAINER_FRACTIONS):
+        return lambda k, v: check_trainer_numbers({name: v}) or v
+    if group == "metrics" and name and "." not in name:
+        return lambda k, v: resolve_settings({**(c.get("metrics") or {}), name: v})[name]
+    return part_key_check(c, key)
+
+
 #: the metrics a job reports at each validation (what a pruner can read)
 VAL_NAMES = tuple(n for n in METRIC_NAMES if n.startswith("val/"))
 #: test/* names computed by the evaluation, and the ``metrics.enabled`` entry that computes each
 EVALUATED = {f"test/{m}": ("dci" if m.startswith("dci_") else m) for m in TEST_METRICS}
 
 
-def check_objectives(c: Mapping[str, Any], imageset: Any, module: VAEModule) -> None:
+def check_objectives(c: Mapping[str, Any], imageset: Any, module: VAEModule,
+                     val_images: int | None = None) -> None:
     """Every objective (and ``study.prune_on``) names a metric this job will produce, given
     its data, model, validation and ``metrics.enabled``: a sweep whose objective is never
-    logged would fail every trial with a NaN objective, or prune nothing."""
+    logged would fail every trial with a NaN objective, or prune nothing. A ``val/*`` metric
+    needs validation images (``val_images``, the size of the validation split, when known)
+    and a validation inside the run (an int ``trainer.val_check_interval``, counted across
+    epochs, at most the batches the run trains)."""
     enabled = set(resolve_settings(c.get("metrics"))["enabled"])
     names = c.get("objective") or []
     names = [("objective", str(n)) for n in ([names] if isinstance(names, str) else names)]
@@ -154,8 +184,15 @@ def check_objectives(c: Mapping[str, Any], imageset: Any, module: VAEModule) -> 
                 need = f"data with class labels (data {data!r} has none)"
         elif name.startswith("val/"):
             limit = (c.get("trainer") or {}).get("limit_val_batches")
+            never = never_validates(c.get("trainer") or {})
             if limit is not None and float(limit) == 0:
                 need = f"validation, which trainer.limit_val_batches={limit} turns off"
+            elif val_images == 0:
+                fraction = (c.get("data") or {}).get("val_fraction")
+                need = (f"validation images, of which data.val_fraction={fraction} leaves none "
+                        "(raise data.val_fraction)")
+            elif never:
+                need = f"a validation inside the run ({never})"
             elif name == "val/sigma" and module.head.sigma() is None:
                 need = f"a likelihood head with a sigma (likelihood {c['likelihood'].get('name')!r} has none)"
             elif name == "val/implied_sigma" and module.head.implied_sigma(1.0) is None:
@@ -189,11 +226,33 @@ def check_data_range(c: Mapping[str, Any], imageset: Any, module: VAEModule) -> 
                       f"{data!r} has values in [{lo:.4g}, {hi:.4g}]")
 
 
-#: Trainer arguments that count (steps, epochs, batches), with their least value; Lightning
-#: would take 6.5 steps, and ``int()`` here would make log_every_n_steps=2.5 into 2
-TRAINER_COUNTS = {"max_steps": -1, "min_steps": 0, "max_epochs": -1, "min_epochs": 0,
-                  "log_every_n_steps": 1, "check_val_every_n_epoch": 1,
-                  "accumulate_grad_batches": 1, "num_sanity_val_steps": -1}
+def never_validates(trainer: Mapping[str, Any]) -> str:
+    """Why a run with these Trainer settings never validates (so logs no ``val/*`` metric),
+    or "": an int ``val_check_interval`` counted across epochs (``check_val_every_n_epoch``
+    null, vaesweep's trainer presets) validates every that many batches, and a run of
+    ``max_steps`` steps trains ``max_steps * accumulate_grad_batches`` batches."""
+    interval, steps = trainer.get("val_check_interval"), trainer.get("max_steps")
+    if (trainer.get("check_val_every_n_epoch") is not None or isinstance(interval, bool)
+            or not isinstance(interval, int) or not isinstance(steps, (int, float))
+            or isinstance(steps, bool) or steps < 0):
+        return ""
+    batches = steps * (trainer.get("accumulate_grad_batches") or 1)
+    if interval <= batches:
+        return ""
+    return (f"trainer.val_check_interval={interval} is more than the {batches:g} batches the run "
+            f"trains, trainer.max_steps={steps:g}")
+
+
+#: the longest run, in steps or epochs, that vaesweep starts: more than a day at 10,000 steps
+#: a second; past it a typo (1e20) would run until stopped. Lightning's -1 (no limit) stays
+MAX_LENGTH = 10**9
+#: Trainer arguments that count (steps, epochs, batches), with their least and greatest
+#: value; Lightning would take 6.5 steps, and ``int()`` here would make log_every_n_steps=2.5
+#: into 2
+TRAINER_COUNTS = {"max_steps": (-1, MAX_LENGTH), "min_steps": (0, MAX_LENGTH),
+                  "max_epochs": (-1, MAX_LENGTH), "min_epochs": (0, MAX_LENGTH),
+                  "log_every_n_steps": (1, math.inf), "check_val_every_n_epoch": (1, math.inf),
+                  "accumulate_grad_batches": (1, math.inf), "num_sanity_val_steps": (-1, math.inf)}
 #: Trainer arguments that are a count of batches (int) or a fraction of an epoch (float)
 TRAINER_FRACTIONS = ("limit_train_batches", "limit_val_batches", "limit_test_batches",
                      "limit_predict_batches", "val_check_interval")
@@ -203,9 +262,9 @@ def check_trainer_numbers(trainer: Mapping[str, Any]) -> None:
     """Counts are whole numbers; batch limits and ``val_check_interval`` are a whole number
     of batches or a fraction in [0, 1] (Lightning's meaning of a float), checked before the
     run starts rather than inside it."""
-    for key, lo in TRAINER_COUNTS.items():
+    for key, (lo, hi) in TRAINER_COUNTS.items():
         if trainer.get(key) is not None:
-            number(f"trainer.{key}", trainer[key], lo, integer=True)
+            number(f"trainer.{key}", trainer[key], lo, hi, integer=True)
     for key in TRAINER_FRACTIONS:
         value = trainer.get(key)
         if value is None or isinstance(value, (str, Mapping)):  # a time, for val_check_interval
@@ -247,7 +306,7 @@ def prepare(cfg: DictConfig | Mapping[str, Any], out: Path | None, sweep: bool =
         if ckpt is not None:
             check_checkpoint(ckpt, c.get("ckpt_path"), module)
     if (c.get("study") or {}).get("trial") is not None or sweep:  # an Optuna trial: objectives
-        check_objectives(c, dm.imageset, module)
+        check_objectives(c, dm.imageset, module, val_images=len(dm.val_idx))
     check_store(str(c["tracking"]["uri"]))  # last: it may create the store's tables
     check_experiment(str(c["tracking"]["uri"]), str(c["tracking"]["experiment"]))
     return c, dm, module, ckpt

@@ -10,12 +10,13 @@ inside multirun (Lightning+Hydra users ask for it: lightning-hydra-template#176)
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import optuna
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -26,7 +27,7 @@ from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from vaesweep.cli import fail
+from vaesweep.cli import fail, warn_repeated
 from vaesweep.contract import (ATTR_FAIL_REASON, ATTR_PRUNED_REASON, TAG_HOST, TAG_PID, TAG_PID_START,
                                sqlite_path)
 from vaesweep import stops
@@ -34,7 +35,7 @@ from vaesweep.errors import ConfigError, Interrupted, VaesweepError, number, sto
 from vaesweep.job.faults import machine_fault
 from vaesweep.sweep import compat
 from vaesweep.sweep.compat import BasicSweeper, OptunaSweeperImpl, create_params_from_overrides
-from vaesweep.job.checks import validate_job
+from vaesweep.job.checks import key_check, resolve, validate_job
 from vaesweep.sweep.objectives import name_objectives
 from vaesweep.sweep.best import best_trials, summary_rows
 from vaesweep.sweep.parent import (ATTR_PARENT_RUN_ID, InjectingLauncher, grid_note,
@@ -237,6 +238,115 @@ def next_design_point(study: optuna.Study, design: Sequence[dict]) -> dict | Non
     return None
 
 
+#: what a search space may say (Hydra's Optuna sweeper grammar), for a key that cannot be sampled
+SPACE_ALLOWED = ("a search space Optuna can sample: interval(low, high) with low <= high (low > 0 "
+                 "in tag(log, interval(...)), low >= 1 in tag(log, int(interval(...)))), "
+                 "range(start, stop[, step]) with at least one value, or choice(...)")
+
+
+def search_space(arguments: Sequence[str]) -> tuple[dict, dict, list]:
+    """``create_params_from_overrides``, with a search space that Optuna refuses (an interval
+    whose low exceeds its high, a log scale from 0, an empty range) as one ConfigError naming
+    the key and its bounds instead of a traceback from inside Optuna."""
+    try:
+        return create_params_from_overrides(list(arguments))
+    except Exception as e:  # ValueError from Optuna's distributions, or Hydra's parser
+        for a in arguments:
+            try:
+                create_params_from_overrides([a])
+            except Exception as one:
+                key, _, text = a.partition("=")
+                reason = str(one).strip().splitlines()[0] if str(one).strip() else type(one).__name__
+                raise ConfigError(key.lstrip("+~"), text, SPACE_ALLOWED, reason) from None
+        raise e
+
+
+@dataclasses.dataclass
+class Swept:
+    """The values a swept key can take, for checking before the first trial: ``values``
+    (every choice or grid value; an interval's or range's ends), ``numeric`` (an interval or
+    range, never a config group's option), and ``fractional``: a value of an interval of
+    any number that is no whole number (None when it has none), with ``log`` its scale."""
+
+    text: str
+    values: list
+    numeric: bool = False
+    fractional: float | None = None
+    log: bool = False
+
+    @classmethod
+    def of(cls, text: str, dist: Any) -> "Swept":
+        """From an Optuna distribution (the Optuna sweeper's search space)."""
+        if isinstance(dist, optuna.distributions.CategoricalDistribution):
+            return cls(text, list(dist.choices))
+        frac = None
+        if isinstance(dist, optuna.distributions.FloatDistribution):
+            lo, hi, step = dist.low, dist.high, dist.step
+            if math.isfinite(lo) and math.isfinite(hi) and hi > lo:
+                inside = ([lo + k * step for k in range(1, min(int((hi - lo) / step), 64) + 1)]
+                          if step else [lo + (hi - lo) * f for f in (0.5, 0.25, 0.375, 0.1)])
+                frac = next((v for v in inside if v != int(v)), None)
+        return cls(text, [dist.low, dist.high], True, frac, bool(getattr(dist, "log", False)))
+
+
+def check_swept_groups(space: dict[str, Swept], options: Any) -> None:
+    """A swept config group (``kl/schedule``, ``likelihood``, ``+head``) takes only its
+    options (``options(group)``, Hydra's config loader): each choice is one of them, and an
+    interval or range is refused. Raises ConfigError naming the group and the value."""
+    for key, swept in space.items():
+        group = key.lstrip("+~").split("@", 1)[0]
+        names = options(group)
+        if not names:
+            continue  # a value key, not a group
+        allowed = "one of the options of config group " + group + ": " + ", ".join(sorted(names))
+        if swept.numeric:
+            raise ConfigError(group, swept.text, f"choice(...) of {allowed}", "a config group "
+                              "takes no interval or range")
+        for v in swept.values:
+            if v is not None and str(v) not in names:
+                raise ConfigError(group, v, allowed, f"a value of the sweep {key}="
+                                  f"{swept.text}; every value is checked before the first trial")
+
+
+def check_swept_values(space: dict[str, Swept], c: Mapping[str, Any]) -> None:
+    """Every value a swept key can take passes the key's own check (:func:`key_check`, from
+    the schema; ``c``: the first job's resolved config): each choice, an interval's ends, and
+    for a whole-number key an interval of whole numbers only. A value that fails would fail
+    its trials one by one (Optuna draws inside an interval), so the sweep is refused first.
+    Rules between keys and checks that need the data stay with each trial. Raises
+    ConfigError naming the key, the value and what is allowed."""
+    for key, swept in space.items():
+        name = key.lstrip("+~")
+        check = key_check(c, name)
+        if check is None:
+            continue
+        frac = swept.fractional
+        if frac is not None:
+            try:  # the whole numbers either side pass, the fraction between them fails
+                for v in (float(math.floor(frac)), float(math.ceil(frac))):
+                    check(name, v)
+                whole_ok = True
+            except ConfigError:
+                whole_ok = False
+            try:
+                check(name, frac)
+            except ConfigError:
+                if whole_ok:  # a whole-number key, swept over every number in between
+                    lo, hi = math.ceil(swept.values[0]), math.floor(swept.values[1])
+                    ints = (f"tag(log, int(interval({lo}, {hi})))" if swept.log else
+                            f"int(interval({lo}, {hi})) or range({lo}, {hi + 1})")
+                    raise ConfigError(name, swept.text, f"whole numbers only: sweep {ints}, or "
+                                      "choice(...) of whole numbers", f"{swept.text} draws "
+                                      f"fractional values such as {frac:g}") from None
+        for v in swept.values:
+            try:
+                check(name, v)
+            except ConfigError as e:
+                raise ConfigError(e.key, e.value, e.allowed, f"a value of the sweep "
+                                  f"{name}={swept.text}; every value is checked before the "
+                                  "first trial") from None
+
+
 def representative(dist: Any) -> Any:
     """A value inside an Optuna distribution (its middle; the first choice)."""
     if isinstance(dist, optuna.distributions.CategoricalDistribution):
@@ -361,14 +471,36 @@ class _ParentMixin:
         check_store(s["uri"])
         check_experiment(s["uri"], s["experiment"])  # a deleted one: which, how to restore it
 
-    def _check_first_job(self, overrides: Sequence[str], swept: Sequence[str] = ()) -> None:
+    def _check_first_job(self, overrides: Sequence[str], swept: Sequence[str] = (),
+                         space: Mapping[str, Swept] | None = None) -> None:
         """Composes and checks the config of a job of this sweep before any study, trial or
         run is written: an error that every job would hit stops the sweep with one line.
-        An error on a swept key belongs to that value only; its trials fail and the sweep goes on."""
-        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        ``space``: every value each swept key can take, each checked on its own first (a
+        config group's options, the key's type and range: :func:`check_swept_groups`,
+        :func:`check_swept_values`). An error of the first job on a swept key that depends on
+        other keys belongs to that combination only; its trials fail and the sweep goes on."""
+        space = {k: v for k, v in (space or {}).items() if not k.startswith("hydra.")}
+        loader = self.hydra_context.config_loader
+
+        def options(group: str) -> list[str]:
+            try:
+                return list(loader.get_group_options(group))
+            except Exception:  # not a group's name
+                return []
+
+        check_swept_groups(space, options)
+        cfg = loader.load_sweep_config(self.config, list(overrides))
         with open_dict(cfg):
             del cfg["hydra"]
         self._check_sweep_settings()
+        if space:
+            try:
+                c = resolve(cfg)
+            except VaesweepError:
+                c = None  # validate_job names the key
+            if c is not None:
+                check_swept_values({k: v for k, v in space.items() if not options(
+                    k.lstrip("+~").split("@", 1)[0])}, c)
         try:
             validate_job(cfg, objectives=self.reads_objectives)
         except VaesweepError as e:
@@ -395,8 +527,10 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
     reads_objectives = True
 
     def __init__(self, *args: Any, pruner: Any = None, max_failures_in_a_row: int = 0,
-                 custom_search_space: Any = None, enqueue: Any = None) -> None:
+                 custom_search_space: Any = None, enqueue: Any = None,
+                 sampler_factory: Any = None) -> None:
         super().__init__(*args)
+        self.sampler_factory = sampler_factory  # a new sampler like the sweep's, for a dry trial
         self.enqueue = enqueue
         self.design: list[dict] = []
         self.pruner = pruner
@@ -416,6 +550,7 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
             check_name("study.name", self.config.study.name)
         if self.study_name is not None:
             check_name("hydra.sweeper.study_name", self.study_name)
+        warn_repeated(list(arguments))
         study_name = self.study_name or sweep_settings(self.config)["sweep"]
         self.study_name = study_name
         directions = self._get_directions()
@@ -428,9 +563,11 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
         self._check_optuna_settings(directions, space, fixed, fixed_overrides)
         design = check_design(self.enqueue, space, [*fixed, *(
             o.split("=", 1)[0].lstrip("+~") for o in fixed_overrides)])
+        texts = override_texts([*self._parse_sweeper_params_config(), *arguments])
         self._check_first_job([f"{k}={representative(d)}" for k, d in space.items()]
                               + [f"{k}={v}" for k, v in fixed.items()] + list(fixed_overrides),
-                              swept=list(space))
+                              swept=list(space),
+                              space={k: Swept.of(texts.get(k, str(d)), d) for k, d in space.items()})
         self._check_storage()
         self._check_tracking()
         self._check_parent(study_name)
@@ -487,7 +624,10 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
                                   f"({name} reads study.prune_on at each validation)")
         self._build_grid_sampler(space)
         # one dry trial on a copy of the sampler, in memory: the sampler's own checks run
-        sampler = copy.deepcopy(self.sampler)
+        try:
+            sampler = copy.deepcopy(self.sampler)
+        except TypeError:  # it holds a lock (Optuna's GA samplers, NSGA-II/III): a fresh one
+            sampler = self.sampler_factory() if self.sampler_factory else self.sampler
         verbosity = optuna.logging.get_verbosity()
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "study created in memory"
         try:
@@ -676,7 +816,7 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
 
     def _search_space(self, arguments: list[str]) -> tuple[dict, dict, list]:
         params_conf = self._parse_sweeper_params_config() + list(arguments)
-        space, fixed, fixed_overrides = create_params_from_overrides(params_conf)
+        space, fixed, fixed_overrides = search_space(params_conf)
         for k in fixed:
             space.pop(k, None)
         return space, fixed, fixed_overrides
@@ -784,6 +924,7 @@ class VaesweepOptunaSweeper(Sweeper):
                  max_failures_in_a_row: int = 0, enqueue: Any = None) -> None:
         with user_errors():  # the stock sweeper asserts it, with a traceback
             number("hydra.sweeper.max_failure_rate", max_failure_rate, 0, 1)
+        sampler_config = sampler
         sampler = _instantiate("hydra.sweeper.sampler", sampler, SAMPLER_WHITELIST)
         pruner = (_instantiate("hydra.sweeper.pruner", pruner, PRUNER_WHITELIST)
                   if pruner else optuna.pruners.NopPruner())
@@ -794,7 +935,9 @@ class VaesweepOptunaSweeper(Sweeper):
                                           n_jobs, max_failure_rate, None, params,
                                           pruner=pruner, custom_search_space=extender,
                                           max_failures_in_a_row=max_failures_in_a_row,
-                                          enqueue=enqueue)
+                                          enqueue=enqueue, sampler_factory=lambda: _instantiate(
+                                              "hydra.sweeper.sampler", sampler_config,
+                                              SAMPLER_WHITELIST))
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
@@ -816,6 +959,7 @@ class VaesweepBasicSweeper(_ParentMixin, BasicSweeper):
         self._wrap_launcher()
 
     def sweep(self, arguments: list[str]) -> Any:
+        warn_repeated(list(arguments))
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         overrides = parser.parse_overrides(self._parse_config() + list(arguments))
         self.overrides = self.split_arguments(overrides, self.max_batch_size)
@@ -828,9 +972,17 @@ class VaesweepBasicSweeper(_ParentMixin, BasicSweeper):
                 values.setdefault(k, set()).add(v)
         swept = [o.get_key_element() for o in overrides if o.is_sweep_override()
                  and len(values.get(o.get_key_element(), ())) > 1]
+        space = {}
+        for o in overrides:  # every value of each swept key (a glob is Hydra's to expand)
+            if o.is_sweep_override() and o.value_type.name != "GLOB_CHOICE_SWEEP" and o.input_line:
+                try:
+                    values = list(o.sweep_iterator())
+                except Exception:
+                    continue
+                space[o.get_key_element()] = Swept(o.input_line.split("=", 1)[1], values)
         if self.overrides and self.overrides[0]:
             with user_errors():
-                self._check_first_job(self.overrides[0][0], swept)
+                self._check_first_job(self.overrides[0][0], swept, space)
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
