@@ -1,7 +1,7 @@
 """Bad input, through the real entry point: one clear error naming the key, the value and what
 is allowed; a non-zero exit code; no MLflow run left RUNNING; no Optuna study changed.
 
-The cases are the README's "Bad input" table. They run ``vaesweep.cli.main`` in this process
+The cases are the "Bad input" table of docs/pages/reliability.md. They run ``vaesweep.cli.main`` in this process
 (a fresh interpreter per case would cost ~10 s of imports each); ``test_train_e2e.py`` pins
 the same behaviour through a fresh process.
 """
@@ -521,7 +521,8 @@ def test_config_cannot_run_arbitrary_code(cwd, args, key):
 
 
 def test_servers_in_the_readme_bind_to_localhost():
-    text = (ROOT / "README.md").read_text() + (ROOT / "Makefile").read_text()
+    docs = [p for p in (ROOT / "docs" / "pages").glob("**/*.md") if "results" not in p.parts]
+    text = "".join(p.read_text() for p in [ROOT / "README.md", ROOT / "Makefile", *docs])
     text = text.replace("\\\n", " ")  # continued lines
     commands = [line for line in text.splitlines()
                 if any(s in line for s in ("mlflow ui", "mlflow server", "optuna-dashboard "))]

@@ -230,7 +230,7 @@ def test_the_experiment_opens_on_its_runs_table_with_the_child_runs(page, mlflow
                                                                     quick_runs, shots):
     """vaesweep's experiments are tagged ``mlflow.experimentKind=custom_model_development``;
     MLflow 3.17's UI shows the view its sidebar switch (GenAI | Model training) selects, and
-    ``?workflowType=machine_learning`` (the link the README gives) selects model training."""
+    ``?workflowType=machine_learning`` (the link docs/pages/getting-started.md gives) selects model training."""
     from mlflow.tracking import MlflowClient
     parent, children = quick_runs
     exp = MlflowClient(tracking_uri=mlflow_server).get_experiment(parent.info.experiment_id)

@@ -1,5 +1,5 @@
 """Every registered head, schedule and weighting trains with a real ``lightning.Trainer``, and
-the reduction equivalence of DESIGN §1 holds end to end on a tiny problem."""
+the reduction equivalence of the loss contract holds end to end on a tiny problem."""
 from __future__ import annotations
 
 import logging
@@ -107,7 +107,7 @@ def test_every_head_logs_its_sigma_at_validation(head, data):
         assert float(t.callback_metrics["val/sigma"]) > 0
 
 
-# -- DESIGN §1: `sum` with beta = b·N/M and `mean` with beta = b are the same run ---------
+# -- the loss contract: `sum` with beta = b·N/M and `mean` with beta = b are the same run ---------
 B, LATENTS, STEPS = 0.02, 4, 300
 #: Measured on 2 CPU cores, seed 0: R 4.936 vs 4.918 nats (gap 3.5e-3), D 21.373 vs 21.367
 #: (gap 3e-4). Adam sees the 1/N gradient scale only through its eps, but training amplifies
@@ -150,7 +150,7 @@ def test_sum_and_mean_reductions_land_on_the_same_rate_and_distortion():
 
 
 def test_two_validations_of_the_same_weights_give_the_same_val_elbo(data):
-    """The convergence test (DESIGN §7: val ELBO changes < 1 % over the last 20 % of steps)
+    """The convergence test (the convergence rule: val ELBO changes < 1 % over the last 20 % of steps)
     compares validations: with fresh z noise each time, a one-sample ELBO differs between two
     validations of the same weights by about the size of the test. Validation draws its noise
     from a generator seeded at each start, and leaves the training's (global) noise alone."""

@@ -1,4 +1,4 @@
-"""The fast path (README "Performance"): device-resident batches, the opt-in speed-ups of
+"""The fast path (docs/pages/performance.md): device-resident batches, the opt-in speed-ups of
 conf/trainer/gpu.yaml, the deferred finiteness check, sparse step logging, the allocator
 setting and the in-process data cache. GPU-only behaviour is exercised on its CPU path; no
 test times anything."""

@@ -1,4 +1,4 @@
-"""The loss contract of DESIGN §1: heads, reductions, beta_eff."""
+"""The loss contract (docs/pages/loss-contract.md): heads, reductions, beta_eff."""
 from __future__ import annotations
 
 import math
@@ -69,7 +69,7 @@ def test_mean_reduction_beta_is_beta_norm():
        b=st.floats(1e-3, 1e2, allow_nan=False, allow_infinity=False), seed=st.integers(0, 10**6))
 def test_sum_and_mean_differ_only_by_the_gradient_scale(n, m, b, seed):
     """`mean` with beta=b and `sum` with beta=b·N/M: losses differ by exactly 1/N, and the
-    gradients are proportional with that factor (DESIGN §1)."""
+    gradients are proportional with that factor (docs/pages/loss-contract.md)."""
     g = torch.Generator().manual_seed(seed)
     nll_p = torch.randn(4, n, generator=g, dtype=torch.float64).requires_grad_()
     mu = torch.randn(4, m, generator=g, dtype=torch.float64).requires_grad_()

@@ -1,4 +1,4 @@
-"""evaluate_model: the test/* keys of DESIGN section 4 from a model and an ImageSet, seeded,
+"""evaluate_model: the test/* keys of docs/pages/metrics.md from a model and an ImageSet, seeded,
 in eval mode, and its settings checked."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Scaling out on a real database (DESIGN §6): sweep workers share one Optuna study on a
+"""Scaling out on a real database (docs/pages/sweeps.md): sweep workers share one Optuna study on a
 PostgreSQL server, and log their runs over HTTP to an MLflow tracking server whose backend
 store is PostgreSQL. Every trial appears exactly once in Optuna and once in MLflow.
 

@@ -1,4 +1,4 @@
-"""Scaling out on Ray (DESIGN §6, README "Scale out"): a single-node Ray cluster that listens on
+"""Scaling out on Ray (docs/pages/sweeps.md, "Scale out"): a single-node Ray cluster that listens on
 127.0.0.1 only, started with ``ray start --head`` as a user would start one, and a small Optuna
 study run through Hydra's Ray launcher against it. Every trial is found once in Optuna and once
 in MLflow, linked to the sweep's parent run. The cluster is stopped at teardown, also when the

@@ -187,7 +187,7 @@ def test_answer_is_computed_from_the_numbers():
         assert a.facts["collapse"][head] == 8  # beta_norm 3 and 10, both seeds and reductions
         assert a.facts["tradeoff"][head]["rho_distortion"] > 0.9
         assert a.facts["tradeoff"][head]["rho_rate"] < -0.9
-    # weight by weight with counts, never a range of weights (DESIGN §7)
+    # weight by weight with counts, never a range of weights (docs/pages/studies.md, "What makes a result")
     assert ("posterior collapse (no active unit) in 8 of 20 runs, weight by weight: "
             "beta_norm 3 (4 of 4 runs), beta_norm 10 (4 of 4 runs)") in text
     assert "beta_norm 3–10" not in text
@@ -211,7 +211,7 @@ def test_answer_says_so_when_a_sweep_has_no_runs_or_no_pairs():
     assert "No sum/mean pairs" in text
 
 
-# -- the answer's rules (DESIGN §7) on crafted sweeps ----------------------------------------------
+# -- the answer's rules (docs/pages/studies.md, "What makes a result") on crafted sweeps ----------------------------------------------
 def elbo_history(runs, curves):
     """val/elbo histories: ``curves[i]`` is a list of (step, value) for ``runs[i]``."""
     rows = [(r.info.run_id, "val/elbo", step, v) for r, curve in zip(runs, curves) for step, v in curve]

@@ -1,4 +1,4 @@
-"""The report's comparisons across settings (README questions 1, 3, 4, 5): settings grouped
+"""The report's comparisons across settings (questions 1, 3, 4, 5 of docs/pages/studies.md): settings grouped
 over seeds, sum/mean pairs at the same typed weight, annealing against the constant weight,
 and heads compared only on measures that do not depend on the head."""
 from __future__ import annotations

@@ -4,6 +4,7 @@ written before ``VAEModule.kl`` was renamed still loading."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -213,3 +214,28 @@ def test_the_default_learning_rate_has_one_source():
     for optim in ({}, {"optim": {"name": "adamw"}}):
         module = VAEModule({**base, **optim}, (1, 8, 8))
         assert module.configure_optimizers().param_groups[0]["lr"] == OPTIM_DEFAULTS["lr"]
+
+
+#: a path inside the repository, as code comments and messages cite it
+_CITED_PATH = re.compile(r"(?<![\w/.])((?:docs|benchmarks|conf|sweeps|tests|notebooks|src|\.ci)"
+                         r"/[\w./-]*\w)")
+
+
+def test_src_cites_only_files_the_repository_has():
+    """Comments, docstrings and messages cite the project's own pages or papers: every
+    repository path named under src/ exists, and no outside design document is cited (the
+    code cited a "DESIGN §4" the repository never had, in a user-facing error too)."""
+    root = SRC.parent
+    missing, outside = [], []
+    for p in sorted((SRC / "vaesweep").rglob("*.py")):
+        text = p.read_text()
+        if re.search(r"DESIGN(\.md)? ?(§|section)", text):
+            outside.append(str(p.relative_to(root)))
+        for m in _CITED_PATH.finditer(text):
+            cited = m.group(1).rstrip(".")
+            if "<" in cited or "*" in cited or cited.startswith(("src/vaesweep/conf",)):
+                continue
+            if not (root / cited).exists() and not (root / cited.split("::")[0]).exists():
+                missing.append(f"{p.relative_to(root)}: {cited}")
+    assert outside == [], outside
+    assert missing == [], missing

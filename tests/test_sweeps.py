@@ -555,7 +555,7 @@ def test_a_design_point_outside_the_search_space_is_one_config_error():
 
 
 def test_the_quick_study_runs_its_design_in_order(tmp_path):
-    """`make run`'s study is a design (DESIGN §7): its trials are the enqueued points."""
+    """`make run`'s study is a design (docs/pages/studies.md, "What makes a result"): its trials are the enqueued points."""
     points = OmegaConf.load(ROOT / "sweeps" / "quick.yaml").hydra.sweeper.enqueue
     res = run_cli(["-m", "+sweep=quick", *TINY, "hydra.sweeper.n_trials=2"], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -1,4 +1,4 @@
-"""The contract between vaesweep's parts and its readers (DESIGN §4): metric names, MLflow tag
+"""The contract between vaesweep's parts and its readers (docs/pages/metrics.md): metric names, MLflow tag
 names, the thresholds the metrics and reports share, the default optimiser and stores, SQLite URI parsing
 the KL per latent dimension every part computes the same way, and where the Hydra config
 folder is. Imports nothing of vaesweep and nothing heavy, so every module may import it."""

@@ -2,7 +2,7 @@
 
 A loss ``A·rec_red + B·kl_red`` (reconstruction summed or averaged over the N = C·H·W
 elements of an example, KL summed or averaged over the M latents) is, up to the constant
-factor A/rec_div, DESIGN §1's ``D + beta_eff·R`` with
+factor A/rec_div, the loss contract's ``D + beta_eff·R`` (docs/pages/loss-contract.md) with
 
     beta_eff = (B / kl_div) / (A / rec_div)      rec_div = N for a mean, 1 for a sum
                                                  kl_div  = M for a mean, 1 for a sum
@@ -44,7 +44,7 @@ How the batch is reduced does not matter: both terms share it.
 It prints
   beta_eff  = (B/kl_div) / (A/rec_div), with rec_div = N for a mean (else 1) and kl_div = M
               for a mean (else 1): the loss is (A/rec_div) * (D + beta_eff * R) with D and R
-              summed over elements and latents (DESIGN §1);
+              summed over elements and latents (docs/pages/loss-contract.md);
   beta_norm = beta_eff * M / N (Higgins et al. 2017, App. A.6); the ELBO is beta_eff = 1,
               i.e. beta_norm = M/N;
 the vaesweep overrides that train the same loss, the regime to expect (at the ELBO, below
@@ -154,7 +154,7 @@ def regime(beta_eff: float) -> str:
 
 
 def overrides(beta_eff: float, n: int, m: int) -> list[str]:
-    """The vaesweep overrides that train on D + beta_eff·R with M latents (DESIGN §1's table)."""
+    """The vaesweep overrides that train on D + beta_eff·R with M latents (the beta_eff table of docs/pages/loss-contract.md)."""
     bn = beta_norm_of(beta_eff, n, m)
     return [f"model.latent_dim={m} kl=beta_norm kl.beta_norm={bn:.6g}   (either reduction)",
             f"model.latent_dim={m} kl=beta kl.reduction=sum kl.beta={beta_eff:.6g}",

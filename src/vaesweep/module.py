@@ -1,7 +1,7 @@
-"""The LightningModule: encoder, decoder, likelihood head and KL weighting, wired per DESIGN §1.
+"""The LightningModule: encoder, decoder, likelihood head and KL weighting, wired per the loss contract (docs/pages/loss-contract.md).
 
 Every run trains on ``scale · mean_batch[D + beta_eff·R]`` and logs D, R, the ELBO and
-beta_eff under ``train/*`` and ``val/*`` (DESIGN §4).
+beta_eff under ``train/*`` and ``val/*`` (docs/pages/metrics.md).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from vaesweep.nn import LATENT_DIM, build_model
 
 #: seed of the reparameterisation noise of validation and test: every validation draws the same
 #: z noise, so two validations of the same weights give the same val/elbo and the convergence
-#: test (DESIGN §7: < 1 % change over the last 20 % of steps) measures training drift, not the
+#: test (the convergence rule: < 1 % change over the last 20 % of steps) measures training drift, not the
 #: sampling noise of a one-sample ELBO (about 1 % on 1,000 MNIST images)
 EVAL_NOISE_SEED = 1234
 
@@ -109,7 +109,7 @@ class VAEModule(L.LightningModule):
         nll = self.head.nll(self.decoder(z), x)
         return self.loss_terms(nll, kl_per_dim(mu, logvar)), mu
 
-    # -- opt-in speed-ups (conf/trainer/gpu.yaml, README "Performance") ---------------------
+    # -- opt-in speed-ups (conf/trainer/gpu.yaml, docs/pages/performance.md) ---------------------
     def use_fast_path(self, compile: bool | str = False, channels_last: bool = False) -> "VAEModule":
         """``compile``: ``torch.compile`` the encoder and decoder in place (true, or a mode
         such as ``"max-autotune"``); state_dict keys do not change, so checkpoints stay
@@ -265,7 +265,7 @@ class VAEModule(L.LightningModule):
         cls = OPTIMIZERS[name]
         if name in FUSED and self.device.type in ("cpu", "cuda"):
             # one kernel over all parameters instead of a handful per tensor: the Adam step of
-            # conv28 takes 2 ms instead of 10 on CPU (README "Performance"); optim.fused=false
+            # conv28 takes 2 ms instead of 10 on CPU (docs/pages/performance.md); optim.fused=false
             # gives PyTorch's default implementation (equal up to float rounding)
             cfg.setdefault("fused", True)
         return cls(self.parameters(), **cfg)

@@ -9,7 +9,7 @@ from vaesweep.kl.loss import beta_eff_from, loss_beta_eff
 
 
 def beta_for(reduction: str, beta_eff: float, n_elements: int, n_latents: int) -> float:
-    """The ``beta`` under ``reduction`` whose beta_eff is ``beta_eff`` (DESIGN §1): beta_eff
+    """The ``beta`` under ``reduction`` whose beta_eff is ``beta_eff`` (docs/pages/loss-contract.md): beta_eff
     for ``sum``, beta_eff·M/N for ``mean``."""
     return float(beta_eff) / beta_eff_from(1.0, reduction, int(n_elements), int(n_latents), False)
 

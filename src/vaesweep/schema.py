@@ -13,7 +13,7 @@ Two uses, one declaration:
   (``_defaults_<group>_<name>``), which the YAML presets start from. The node holds plain
   values, not the dataclass: a typed structured node would make OmegaConf refuse a bad value
   with its own message, where vaesweep promises one line naming the key, the value and what
-  is allowed (the README's bad-input table).
+  is allowed (the bad-input table of docs/pages/reliability.md).
 - :meth:`PartConfig.validate` checks a composed node with the helpers of
   :mod:`vaesweep.errors` (``number``, ``choice``, ``flag``, ``known_keys``) and the class's
   :meth:`~PartConfig.check` (rules between keys), raising one :class:`ConfigError`. It runs

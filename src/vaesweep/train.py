@@ -54,7 +54,7 @@ def run_job(cfg: DictConfig | Mapping[str, Any], tags: Mapping[str, str] | None 
     """Train, test and evaluate one VAE on the Hydra config ``cfg`` (DictConfig or mapping),
     recorded in one MLflow run (``run_id``: continue that run; ``tags``: added to the job's own).
 
-    Returns every final metric by its DESIGN §4 name (floats, D and R in nats per example),
+    Returns every final metric by its name (docs/pages/metrics.md) (floats, D and R in nats per example),
     plus ``_run_id``, the MLflow run's id. Raises :class:`~vaesweep.errors.ConfigError`
     (before anything is written) for a bad config, checkpoint or store; a failure while
     training marks the run FAILED and propagates.
@@ -218,7 +218,7 @@ def _job_callbacks(given: Sequence[Callback], run: TrackedRun, out: Path,
 
 
 def _speed_metrics(speed: Throughput) -> dict[str, float]:
-    """``system/*`` metrics of the training steps (README "Performance")."""
+    """``system/*`` metrics of the training steps (docs/pages/performance.md)."""
     metrics = {"system/images_per_second": speed.images_per_second}
     if speed.steps:
         metrics["system/page_faults_per_step"] = speed.faults / speed.steps

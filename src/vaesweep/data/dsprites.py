@@ -1,6 +1,6 @@
 """dSprites (Matthey et al. 2017), generated procedurally, and the published .npz file.
 
-The procedural set follows DESIGN.md section 2: 737,280 binary 64x64 images over the full
+The procedural set follows the dSprites dataset (Matthey et al. 2017): 737,280 binary 64x64 images over the full
 grid shape(3: square, ellipse, heart) x scale(6, linspace(0.5, 1)) x orientation(40,
 linspace(0, 2*pi)) x posX(32, linspace(0, 1)) x posY(32, linspace(0, 1)), in C order with
 posY fastest, exactly the order of the published file.

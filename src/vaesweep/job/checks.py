@@ -84,7 +84,7 @@ def check_job(c: Mapping[str, Any]) -> None:
         objective = [objective]
     for name in objective:
         if not is_metric_name(name):
-            raise ConfigError("objective", name, "metric names of DESIGN §4: " + ", ".join(METRIC_NAMES))
+            raise ConfigError("objective", name, "metric names (docs/pages/metrics.md): " + ", ".join(METRIC_NAMES))
     accepted = set(inspect.signature(L.Trainer.__init__).parameters) - {"self"}
     for key in c.get("trainer", {}):
         if key not in accepted and key not in FAST_PATH:

@@ -1,5 +1,5 @@
 """What a job reads from Hydra's runtime: its output folder, the sweeper's settings, and the
-MLflow tags and run name that link it to its sweep (DESIGN §4)."""
+MLflow tags and run name that link it to its sweep (docs/pages/metrics.md)."""
 from __future__ import annotations
 
 import secrets
@@ -18,7 +18,7 @@ PER_JOB = ("study.trial", "study.parent_run_id")
 
 
 def job_tags(study: Mapping[str, Any]) -> dict[str, str]:
-    """MLflow tags linking a job to its sweep (DESIGN §4)."""
+    """MLflow tags linking a job to its sweep (docs/pages/metrics.md)."""
     tags: dict[str, Any] = {}
     if study.get("name"):
         tags[TAG_SWEEP] = study["name"]

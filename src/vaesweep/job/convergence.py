@@ -1,5 +1,5 @@
 """Stop a run when it has converged, by the rule the study report judges every run with
-(README "Results"): its validation ELBO changes by less than ``rtol`` (1 %) over its last
+(docs/pages/studies.md): its validation ELBO changes by less than ``rtol`` (1 %) over its last
 ``window`` (20 %) of steps. ``trainer.max_steps`` stays the cap: a run that reaches it without
 converging is tagged so, never hidden.
 

@@ -1,4 +1,4 @@
-"""Hardware tuning for one job (README "Performance", benchmarks/): torch CPU threads and the
+"""Hardware tuning for one job (docs/pages/performance.md, benchmarks/): torch CPU threads and the
 GPU memory share under a parallel launcher, glibc's allocator, and the opt-in fast path
 (``trainer.compile``, ``channels_last``, ``data_on_device``)."""
 from __future__ import annotations

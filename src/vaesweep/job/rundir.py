@@ -1,5 +1,5 @@
 """A single run's folder (``hydra.run.dir``): checked to be writable before Hydra makes it, and
-removed again when vaesweep refuses the run (README "Bad input": a refusal leaves nothing).
+removed again when vaesweep refuses the run (docs/pages/reliability.md, "Bad input": a refusal leaves nothing).
 
 :class:`RunDir` is a Hydra callback (``hydra.callbacks.vaesweep_run_dir`` in
 ``conf/config.yaml``); its ``on_run_start`` runs after the config is composed and before Hydra

@@ -1,5 +1,5 @@
-"""KL weighting (``kl=``): beta_eff per DESIGN §1, schedules, free bits and controllers."""
-from vaesweep.contract import kl_per_dim  # noqa: F401  (re-exported: the KL of DESIGN §1)
+"""KL weighting (``kl=``): beta_eff per the loss contract (docs/pages/loss-contract.md), schedules, free bits and controllers."""
+from vaesweep.contract import kl_per_dim  # noqa: F401  (re-exported: the KL of the loss contract)
 from vaesweep.kl.loss import LossTerms, assemble, beta_eff_from, gradient_scale
 from vaesweep.kl.schedules import SCHEDULES, Schedule, build_schedule
 from vaesweep.kl.weighting import WEIGHTINGS, KLWeighting, build_weighting

@@ -5,7 +5,7 @@
 R is the batch-mean rate (with free bits: the sum of the floored per-dimension batch means).
 The gradient of γ·|R − C| with respect to R is γ·sign(R − C), so that is the effective KL
 weight of the step, logged as ``beta_eff`` — negative while R is below the capacity (the
-term then pushes the rate *up*). Within DESIGN §1 the loss is ``mean_b[D] + penalty`` with
+term then pushes the rate *up*). Within the loss contract the loss is ``mean_b[D] + penalty`` with
 the penalty γ·|R̄ − C| handed to :func:`~vaesweep.kl.loss.assemble`.
 
 γ is written in the units of ``kl.reduction`` like ``beta`` (``mean``: γ·N/M); C is in nats
@@ -66,7 +66,7 @@ class Capacity(KLWeighting):
                 f"{super().progress(step)}")
 
     def gamma_eff(self) -> float:
-        """γ in sum units (DESIGN §1's table, as for ``beta``), times the schedule."""
+        """γ in sum units (the beta_eff table of docs/pages/loss-contract.md, as for ``beta``), times the schedule."""
         g = beta_eff_from(self.gamma, self.reduction, self.n_elements, self.n_latents, False)
         return g * self.schedule(self.step)
 

@@ -73,7 +73,7 @@ class GECO(Controller):
 
     Their Lagrangian R + λ·C = R + (λ/N)·D − λκ is (λ/N)·(D + (N/λ)·R) plus a constant, so
     the weight on R that its gradients see, relative to D, is beta_eff = N/λ whatever
-    ``kl.reduction``. Within DESIGN §1 GECO trains on ``scale·mean[D + (N/λ)·R]`` (the
+    ``kl.reduction``. Within the loss contract GECO trains on ``scale·mean[D + (N/λ)·R]`` (the
     reduction only sets ``scale``: 1 or 1/N); this drops the paper's overall factor λ/N,
     which changes the gradient's size, not its direction (Adam mostly ignores it). The
     logged beta_eff is N/λ: the ELBO is λ = N.

@@ -1,4 +1,4 @@
-"""The loss contract of DESIGN §1, in one place.
+"""The loss contract (docs/pages/loss-contract.md), in one place.
 
 Heads give a per-element NLL, the posterior gives a per-dimension KL; this module turns them
 into distortion D, rate R, and ``loss = scale · mean_batch[D + beta_eff · R]``.
@@ -14,7 +14,7 @@ REDUCTIONS = ("sum", "mean")
 
 def beta_eff_from(weight: float, reduction: str, n_elements: int, n_latents: int,
                   normalised: bool) -> float:
-    """beta_eff for a user weight: DESIGN §1's table.
+    """beta_eff for a user weight: the beta_eff table of docs/pages/loss-contract.md.
 
     ``normalised`` (beta_norm, Higgins et al. 2017 App. A.6: beta·M/N) and reduction ``mean``
     both rescale by N/M; ``beta`` with ``sum`` is beta_eff itself.

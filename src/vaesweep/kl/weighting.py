@@ -1,5 +1,5 @@
 """How the KL weight is set (``kl=``): fixed weights, and the base class for annealing and
-controllers. Every weighting yields beta_eff (DESIGN §1) and keeps its state — the optimiser
+controllers. Every weighting yields beta_eff (docs/pages/loss-contract.md) and keeps its state — the optimiser
 step and any controller variables — in the module's extra state, so Lightning checkpoints
 restore it and a resumed run continues with exactly the weight it had.
 """
@@ -23,7 +23,7 @@ WEIGHTINGS = Registry("KL weighting", "kl.name", package="vaesweep.kl")
 
 @dataclass
 class WeightingConfig(PartConfig):
-    """The keys every weighting has. reduction: sum or mean (DESIGN §1); free_bits: floor in
+    """The keys every weighting has. reduction: sum or mean (docs/pages/loss-contract.md); free_bits: floor in
     nats on each latent's batch-mean KL (Kingma et al. 2016), 0 = off. The ``schedule`` key
     is the kl/schedule group's node, checked as the schedule's."""
 

@@ -58,5 +58,5 @@ class LikelihoodHead(Configured, nn.Module):
         return None
 
     def implied_sigma(self, beta_eff: float) -> float | None:
-        """σ of a fixed-Gaussian run with beta_eff = 1 equivalent to this one (DESIGN §1)."""
+        """σ of a fixed-Gaussian run with beta_eff = 1 equivalent to this one (docs/pages/loss-contract.md)."""
         return None

@@ -93,7 +93,7 @@ class GaussianLearned(LikelihoodHead):
         return softclip(self.raw_log_sigma, self.floor).detach().exp()
 
     def implied_sigma(self, beta_eff: float) -> float | None:
-        # one σ for the whole image only in the scalar scope (DESIGN §1: σ·√beta_eff)
+        # one σ for the whole image only in the scalar scope (the loss contract: σ·√beta_eff)
         if self.scope != "scalar" or beta_eff <= 0:
             return None
         return float(self.sigma()) * math.sqrt(beta_eff)

@@ -1,5 +1,5 @@
 """Metrics of both sides of the trade-off, as plain functions on arrays or a model, usable in
-a notebook without a Trainer (DESIGN.md section 4).
+a notebook without a Trainer (docs/pages/metrics.md).
 
 * reconstruction: :func:`rate_distortion`, :func:`mse`, :func:`psnr`, :func:`iwae_nll`,
   :func:`recon_variance_ratio` (how alike the reconstructions of different inputs are)

@@ -105,7 +105,7 @@ def codes_for_classes(represent: Represent, data: FactorData, classes: np.ndarra
     return codes if inverse is None else codes[inverse.reshape(-1)]
 
 
-#: the most codes a :class:`CodeCache` holds (README, "Performance"): dSprites' whole grid
+#: the most codes a :class:`CodeCache` holds (docs/pages/performance.md): dSprites' whole grid
 #: (737,280 images) fits, as a dense table of 29 MB for 10 float32 latents
 MAX_CACHED_CODES = 1 << 20
 

@@ -1,4 +1,4 @@
-"""End-of-training evaluation: every ``test/*`` metric of DESIGN.md section 4 for a model.
+"""End-of-training evaluation: every ``test/*`` metric (docs/pages/metrics.md) for a model.
 
 ``evaluate_model(module, imageset, test_idx, cfg_metrics, seed)`` needs from ``module``:
 ``encode(x) -> (mu, logvar)``, ``log_likelihood(x, z) -> (B,)``, ``represent(x) -> mu`` and
@@ -157,7 +157,7 @@ class _Timer:
 
 def evaluate_model(module: Any, imageset: Any, test_idx: Any, cfg_metrics: Mapping[str, Any] | None,
                    seed: int, *, train_idx: Any = None) -> dict[str, float]:
-    """The ``test/*`` metrics of DESIGN section 4 for ``module`` on ``imageset``.
+    """The ``test/*`` metrics (docs/pages/metrics.md) for ``module`` on ``imageset``.
 
     Reconstruction and latent metrics use images of ``test_idx``; structure metrics need
     ``imageset.factors``, the probes ``imageset.labels`` (trained on ``train_idx`` images when

@@ -1,5 +1,5 @@
 """The reconstruction side of the trade-off: distortion and rate of a model on a batch, and
-per-pixel MSE and PSNR of reconstructions (DESIGN.md section 1)."""
+per-pixel MSE and PSNR of reconstructions (docs/pages/loss-contract.md)."""
 from __future__ import annotations
 
 from collections.abc import Callable

@@ -1,5 +1,5 @@
 """The numbers behind the report: Pareto fronts, sum/mean pairs, seed spread, run dynamics,
-convergence and the D/R ordering along the weight axis (DESIGN §7).
+convergence and the D/R ordering along the weight axis (docs/pages/studies.md, "What makes a result").
 
 Plain functions of the runs DataFrame (:mod:`vaesweep.report.data`), shared by the report,
 the notebook and the generated answer. This module imports nothing from ``data`` (which
@@ -255,7 +255,7 @@ def agree(d_sum: float, d_mean: float, r_sum: float, r_mean: float) -> bool:
 def reduction_pairs(df: pd.DataFrame) -> pd.DataFrame:
     """Pairs of complete runs, one with ``kl.reduction=sum`` and one with ``mean``, that agree
     on everything that is trained (head, model, data, schedule, seed, ...) and on beta_eff:
-    DESIGN §1 says they must land on the same point. One row per pair, with both runs'
+    The loss contract says they must land on the same point. One row per pair, with both runs'
     weights as typed, their beta_eff, distortion and rate, the gaps and ``agree``."""
     cols = ["head", "seed", "beta_eff", "weight_sum", "weight_mean", "distortion_sum",
             "distortion_mean", "gap_distortion", "gap_distortion_pct", "rate_sum", "rate_mean",
@@ -361,7 +361,7 @@ def elbo_weight(df: pd.DataFrame) -> float | None:
     return float(values.iloc[0]) if np.ptp(values.to_numpy()) <= 1e-9 * values.iloc[0] else None
 
 
-# -- convergence and the D/R ordering (DESIGN §7) ------------------------------------------
+# -- convergence and the D/R ordering (docs/pages/studies.md, "What makes a result") ------------------------------------------
 def convergence(runs: pd.DataFrame, hist: pd.DataFrame, key: str = "val/elbo",
                 window: float = CONVERGED_WINDOW, rtol: float = CONVERGED_RTOL) -> pd.DataFrame:
     """Per run: its validation ELBO at the start of its last ``window`` of steps (the last
@@ -408,7 +408,7 @@ def _trusted(c: pd.DataFrame) -> pd.DataFrame:
 
 def ordering_breaks(df: pd.DataFrame) -> pd.DataFrame:
     """Pairs of weights at which runs break the order that converged minimisers of
-    D + beta_eff·R obey (DESIGN §7): of two settings that differ only in the weight (and how
+    D + beta_eff·R obey (docs/pages/studies.md, "What makes a result"): of two settings that differ only in the weight (and how
     it is written), the one with the larger beta_eff has no lower distortion and no higher
     rate. Each setting is the mean over its seeds; only runs that are complete, not flagged
     unconverged and whose schedule finished count. A pair breaks the order when the gap

@@ -2,7 +2,7 @@
 hand. Each statement is a markdown bullet; the numbers behind them are in ``facts`` so tests
 (and users) can read them without parsing text.
 
-The rules that keep it from saying false things (DESIGN §7): the ELBO's weight (beta_eff = 1,
+The rules that keep it from saying false things (docs/pages/studies.md, "What makes a result"): the ELBO's weight (beta_eff = 1,
 beta_norm = M/N) comes from the config, never from logged weights; runs whose validation ELBO
 still moves, pairs that break the D/R ordering beyond seed noise and schedules that did not
 finish are flagged, and statements involving them are marked provisional; the Pareto front
@@ -344,7 +344,7 @@ def _pairs_line(a: Answer, df: pd.DataFrame, pairs: pd.DataFrame | None,
     a.lines.append(f"Reduction equivalence: of {n} sum/mean pairs with equal beta_eff, "
                    f"{verdict} ({tol}); median gap |ΔD| = {_g(gd)} nats ({_g(gp, 2)} %), "
                    f"|ΔR| = {_g(gr)} nats{noise}.")
-    # the question's test (README question 1): per weight, the gap of the means over seeds
+    # the question's test (question 1): per weight, the gap of the means over seeds
     # against the seed-to-seed spread of single runs there
     per_weight, below = [], 0
     for be, g in pairs.groupby("beta_eff", sort=True):
@@ -389,7 +389,7 @@ def _pm(mean: float, std: float, digits: int = 3) -> str:
 
 def _sweet_spot_line(a: Answer, c: pd.DataFrame, w: str, doubtful: set[str]) -> None:
     """What the folklore's beta_norm ≈ 0.1 is as beta_eff for these data and latents, and
-    how its runs compare with the structure peak (README question 2)."""
+    how its runs compare with the structure peak (question 2)."""
     ref = a.facts.get("elbo_beta_norm")
     if w != "beta_norm" or ref is None or not np.isclose(c["beta_norm"], 0.1).any():
         return
@@ -437,7 +437,7 @@ def _alike_line(a: Answer, settings: pd.DataFrame, doubtful: set[str]) -> None:
 
 
 def _typed_pairs_line(a: Answer, df: pd.DataFrame, doubtful: set[str]) -> None:
-    """Sum and mean runs at the same typed beta: how far apart they land (README question 1)."""
+    """Sum and mean runs at the same typed beta: how far apart they land (question 1)."""
     t = typed_pairs(df)
     a.facts["typed_pairs"] = int(len(t))
     if t.empty:
@@ -465,7 +465,7 @@ def _typed_pairs_line(a: Answer, df: pd.DataFrame, doubtful: set[str]) -> None:
 
 def _schedule_lines(a: Answer, settings: pd.DataFrame, doubtful: set[str]) -> None:
     """Each annealing schedule against the constant weight at the same target beta_eff, on
-    active units and the test ELBO (README question 4)."""
+    active units and the test ELBO (question 4)."""
     comp = schedule_comparison(settings)
     if comp.empty:
         return
@@ -509,7 +509,7 @@ def _schedule_lines(a: Answer, settings: pd.DataFrame, doubtful: set[str]) -> No
 
 def _heads_lines(a: Answer, settings: pd.DataFrame, doubtful: set[str]) -> None:
     """Heads compared on measures that do not depend on the head, and the σ that learned
-    heads settle on as an implied weight (README question 5)."""
+    heads settle on as an implied weight (question 5)."""
     h = head_comparison(settings)
     if h.empty:
         return

@@ -117,7 +117,7 @@ def pairs_section(pairs: pd.DataFrame) -> Section:
         s.skipped = ("no pair of runs in this sweep differs only in `kl.reduction` (and the "
                      "way its weight is written) at equal beta_eff")
         return s
-    s.text.append("DESIGN §1: a run with `kl.reduction=sum` and one with `mean` that agree on "
+    s.text.append("The loss contract: a run with `kl.reduction=sum` and one with `mean` that agree on "
                   "beta_eff and everything else must land on the same point (only the "
                   "gradient scale differs). Each row is such a pair; gaps are sum − mean.")
     t = pairs.copy()
@@ -247,7 +247,7 @@ def build_report(data: SweepData, *, max_images: int = 6) -> Report:
     """The report of a loaded sweep (see the module docstring)."""
     c = complete_runs(data.runs)
     if len(c) and data.client is not None:
-        # DESIGN §7: whether each run's validation ELBO has stopped moving
+        # the convergence rule: whether each run's validation ELBO has stopped moving
         log.info("reading the val/elbo histories of %d run(s)", len(c))
         hist = data.histories(list(c["run_id"]), ["val/elbo"])
         data = dataclasses.replace(data, runs=analysis.with_convergence(data.runs, hist))

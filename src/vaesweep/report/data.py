@@ -2,7 +2,7 @@
 an Optuna study), one row per child run of the sweep's parent run.
 
 Columns: every param under its dotted name (``kl.beta_norm``, numbers parsed), every final
-metric under its DESIGN §4 name (``test/distortion``), and derived columns the report and
+metric under its name (docs/pages/metrics.md) (``test/distortion``), and derived columns the report and
 the notebook use:
 
 ==================  =========================================================================
@@ -14,7 +14,7 @@ the notebook use:
 ``method``          ``+method=`` of the schedules study, else weighting[/schedule][+free bits]
 ``seed``            ``seed``
 ``beta_norm``       ``kl.beta_norm`` for beta_norm runs, else NaN
-``beta_eff``        the config's beta_eff (DESIGN §1, from the typed weight, the reduction, N
+``beta_eff``        the config's beta_eff (the loss contract, from the typed weight, the reduction, N
                     and M) for fixed weightings; the final logged one (test, else val, else
                     train) for controllers and capacity; ``beta_eff_logged`` the logged one
 ``n_elements``      N = C·H·W, from the run's ``vaesweep.data_shape`` tag; ``data``: data.name
@@ -210,7 +210,7 @@ def _n_elements(shape: str | None) -> int | None:
 
 def _config_beta_eff(params: Mapping[str, Any], weighting: Any, n: int | None,
                      m: int | None) -> float | None:
-    """The beta_eff the config asks for (DESIGN §1's table): for the fixed weightings, from
+    """The beta_eff the config asks for (the beta_eff table of docs/pages/loss-contract.md): for the fixed weightings, from
     the typed weight, the reduction, N and M; None for controllers and capacity (their weight
     is set in training) or when N or M is unknown."""
     if weighting not in ("beta", "beta_norm") or not n or not m:

@@ -1,7 +1,7 @@
 """Comparisons across settings rather than along the weight: runs grouped by everything they
 train except the seed (mean and spread over seeds), sum/mean pairs at the same *typed* weight,
 annealing schedules against the constant weight, and likelihood heads against each other on
-measures that do not depend on the head (DESIGN §7; README questions 1, 3, 4 and 5).
+measures that do not depend on the head (docs/pages/studies.md, "What makes a result"; questions 1, 3, 4 and 5).
 
 Plain functions of the runs DataFrame (:mod:`vaesweep.report.data`), like
 :mod:`vaesweep.report.analysis`, whose seed-noise rule they share: a difference counts only
@@ -24,7 +24,7 @@ from vaesweep.report.analysis import (BETA_EFF_RTOL, NOISE_SIGMAS, complete_runs
 SETTING_METRICS = ("distortion", "rate", "elbo", "active_units", "test/mse", "test/psnr",
                    "test/recon_variance_ratio", "test/linear_probe_acc", "test/knn_acc",
                    "test/mig", "test/iwae_nll", "val/sigma")
-#: measures that mean the same under every likelihood head (DESIGN §7): heads are compared
+#: measures that mean the same under every likelihood head (docs/pages/studies.md, "What makes a result"): heads are compared
 #: on these, never on their distortions, ELBOs or IWAE bounds (different likelihoods)
 HEAD_FREE = ("test/mse", "test/psnr", "test/linear_probe_acc", "test/knn_acc", "active_units")
 #: the schedule of a run that trains at its weight from the first step
@@ -90,7 +90,7 @@ def beyond_noise(diff: float, floor: float) -> bool | None:
     return bool(abs(diff) > floor)
 
 
-# -- README question 1: the same typed weight under both reductions ----------------------------
+# -- question 1: the same typed weight under both reductions ----------------------------
 def typed_pairs(df: pd.DataFrame) -> pd.DataFrame:
     """Runs under ``kl=beta`` at the same typed ``kl.beta`` and seed, one with
     ``kl.reduction=sum`` (beta_eff = beta) and one with ``mean`` (beta_eff = beta·N/M),
@@ -124,7 +124,7 @@ def typed_pairs(df: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(["head", "beta", "seed"], kind="stable").reset_index(drop=True)
 
 
-# -- README question 4: annealing against the constant weight ---------------------------------
+# -- question 4: annealing against the constant weight ---------------------------------
 def schedule_comparison(settings: pd.DataFrame, metrics: tuple[str, ...] = ("active_units", "elbo"),
                         ) -> pd.DataFrame:
     """Each non-constant schedule against the constant weight at the same head, reduction and
@@ -154,10 +154,10 @@ def schedule_comparison(settings: pd.DataFrame, metrics: tuple[str, ...] = ("act
     return pd.DataFrame(rows, columns=cols)
 
 
-# -- README question 5: heads on head-independent measures ------------------------------------
+# -- question 5: heads on head-independent measures ------------------------------------
 def implied_beta(sigma: float) -> float:
     """The KL weight β of the MSE-sum loss Σ(x − x̂)² + β·KL that has the same minimiser as
-    a Gaussian head with standard deviation ``sigma`` at beta_eff = 1: β = 2σ² (DESIGN §1).
+    a Gaussian head with standard deviation ``sigma`` at beta_eff = 1: β = 2σ² (docs/pages/loss-contract.md).
     σ in the data's units (pixels in [0, 1])."""
     return 2.0 * float(sigma) ** 2
 

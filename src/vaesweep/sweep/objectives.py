@@ -12,7 +12,7 @@ import optuna
 
 
 def name_objectives(study: optuna.Study, names: Sequence[str]) -> None:
-    """Stores ``names`` (DESIGN §4 metric names, one per direction) as the study's metric
+    """Stores ``names`` (metric names of docs/pages/metrics.md, one per direction) as the study's metric
     names, unless it has them already (a resumed study, or another worker's)."""
     if study.metric_names == list(names):
         return

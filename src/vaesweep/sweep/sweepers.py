@@ -167,8 +167,8 @@ def check_resumed_space(study: optuna.Study, space: dict, fixed: dict,
         ConfigError: a key whose distribution Optuna refuses beside the stored one (another
             kind, other categorical choices, log scale switched), naming both and the way on.
 
-    Logs a warning, and goes on, for what Optuna stores (README "Sweeps: resume, parallel,
-    prune, reproduce"): a range or step moved, a key searched that the trials lack, a key
+    Logs a warning, and goes on, for what Optuna stores (docs/pages/sweeps.md):
+    a range or step moved, a key searched that the trials lack, a key
     the trials searched that is now fixed or gone."""
     stored: dict[str, list] = {}
     for t in study.get_trials(deepcopy=False):
@@ -438,8 +438,8 @@ class _ParentMixin:
     def _close_launched(self, e: BaseException, trials: Sequence[int] | None = None) -> None:
         """A launch that ended in ``e`` (the user stopped the sweep; a worker died): the
         RUNNING runs of its jobs (``trials``: the Optuna trials launched; None: every child of
-        this sweep's parent run) end KILLED for a stop, FAILED otherwise (README
-        "Reliability"), and a stop's one line names them. A parallel launcher's workers are
+        this sweep's parent run) end KILLED for a stop, FAILED otherwise (docs/pages/reliability.md),
+        and a stop's one line names them. A parallel launcher's workers are
         killed when the sweep stops (joblib's loky pool: SIGKILL), often before they could end
         their runs. A store that cannot be written leaves them to the next start
         (tracking/stale.py)."""
