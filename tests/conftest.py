@@ -18,6 +18,12 @@ os.environ.pop("MLFLOW_TRACKING_URI")
 os.environ["HYDRA_FULL_ERROR"] = "0"
 
 
+def with_steps(args: Sequence[str], steps: int) -> list[str]:
+    """``args`` with ``trainer.max_steps=steps`` in place of theirs: a key given twice is a
+    warning line (``vaesweep: warning: ... is given twice``), which tests counting lines see."""
+    return [f"trainer.max_steps={steps}" if a.startswith("trainer.max_steps=") else a for a in args]
+
+
 def compose(overrides: Sequence[str] = ()):
     """The config the CLI would build for ``overrides`` (Hydra's compose API)."""
     from hydra import compose as hcompose, initialize_config_dir

@@ -19,7 +19,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from conftest import run_cli, search_runs
+from conftest import run_cli, search_runs, with_steps
 from faults import full_disk  # noqa: F401  (fixture)
 from test_bad_input import main as vaesweep  # the entry point, in this process
 from test_bad_input import main_out
@@ -29,6 +29,7 @@ S = optuna.trial.TrialState
 FAST = ["trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
         "trainer.limit_test_batches=1", "data.subset=256", "data.batch_size=32",
         "metrics.enabled=false", "tracking.log_checkpoint=false", "threads=1"]
+
 
 
 def env(cwd: Path, **extra: str) -> dict:
@@ -154,7 +155,7 @@ def test_close_stale_runs_touches_only_dead_owners_of_that_sweep(workdir):
 def test_sweep_killed_mid_trial_resumes_to_n_trials_and_closes_its_run(tmp_path):
     # 200 steps: the trial trains for about 4 s, while the poll below sees it within about
     # 0.5 s (at 12 steps it lasted 0.5 s, and a slow poll could miss it)
-    args = ["-m", "+sweep=quick", *FAST, "trainer.max_steps=200", "hydra.sweeper.n_trials=2"]
+    args = ["-m", "+sweep=quick", *with_steps(FAST, 200), "hydra.sweeper.n_trials=2"]
     uri, storage = f"sqlite:///{tmp_path}/mlflow.db", f"sqlite:///{tmp_path}/optuna.db"
     proc = start(args, tmp_path)
 
@@ -187,7 +188,7 @@ def test_nan_trial_stops_at_once_is_failed_and_the_study_goes_on(workdir):
     study = optuna.create_study(study_name="quick", storage=storage,
                                 directions=["minimize", "minimize"])
     study.enqueue_trial({"optim.lr": 1e30, "kl.beta_norm": 0.5})  # the first trial blows up
-    code, err = vaesweep(["-m", "+sweep=quick", *FAST, "trainer.max_steps=6",
+    code, err = vaesweep(["-m", "+sweep=quick", *with_steps(FAST, 6),
                           "likelihood=gaussian", "optim.lr=choice(0.0005,1e30)",
                           "hydra.sweeper.n_trials=2", "hydra.sweeper.enqueue=null"])
     assert code == 0, err[-3000:]
@@ -523,7 +524,7 @@ def test_stopping_a_run_during_evaluation_is_prompt_killed_and_one_line(tmp_path
 
 @pytest.mark.slow
 def test_ctrl_c_during_a_sweep_kills_its_runs_and_fails_the_trial(tmp_path):
-    args = ["-m", "+sweep=quick", *FAST, "trainer.max_steps=400", "hydra.sweeper.n_trials=2"]
+    args = ["-m", "+sweep=quick", *with_steps(FAST, 400), "hydra.sweeper.n_trials=2"]
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     proc = start(args, tmp_path)
     wait_for(lambda: [r for r in search_runs(uri) if r.data.tags.get("vaesweep.trial")
@@ -547,7 +548,7 @@ def test_stopping_a_joblib_sweep_leaves_no_run_running(tmp_path, to):
     runs: the sweep ends the runs of the trials it launched. Before, 1-2 trial runs (all of
     them with SIGTERM) stayed RUNNING until the next start marked them stale."""
     sig = signal.SIGINT if to == "group" else signal.SIGTERM
-    args = ["-m", "+sweep=quick", *FAST, "trainer.max_steps=600", "hydra.sweeper.n_trials=4",
+    args = ["-m", "+sweep=quick", *with_steps(FAST, 600), "hydra.sweeper.n_trials=4",
             "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2"]
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     proc = start(args, tmp_path)

@@ -15,7 +15,7 @@ import optuna
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import ROOT, compose, run_cli, search_runs
+from conftest import ROOT, compose, run_cli, search_runs, with_steps
 
 # imported now, not inside a test: Lightning, torch and torchmetrics give their loggers a
 # console handler bound to sys.stderr at import, which inside a test is that test's capture,
@@ -27,6 +27,7 @@ SWEEPS = sorted(p.stem for p in (ROOT / "sweeps").glob("*.yaml"))
 # (keys, not `trainer=smoke`: a sweep file's own trainer values override a group choice)
 TINY = ["trainer.max_steps=6", "trainer.val_check_interval=3", "trainer.limit_val_batches=2",
         "trainer.limit_test_batches=2", "data.subset=384", "data.batch_size=32", "metrics=fast"]
+
 
 
 def test_the_studies_the_issue_names_exist():
@@ -86,7 +87,7 @@ def test_quick_runs_is_killed_resumes_then_best_and_reproduce(tmp_path):
     # `best` is the point here (the design's resume: test_a_designed_study_runs_...)
     # 60 steps: a trial lasts about 1.5 s (at TINY's 6 steps, 0.6 s: all four had finished
     # before a slow poll saw the second, once in CI)
-    args = ["-m", "+sweep=quick", *TINY, "trainer.max_steps=60", "hydra.sweeper.n_trials=4",
+    args = ["-m", "+sweep=quick", *with_steps(TINY, 60), "hydra.sweeper.n_trials=4",
             "hydra.sweeper.enqueue=null"]
     proc = subprocess.Popen([sys.executable, "-m", "vaesweep", *args], cwd=tmp_path,
                             env=_env(tmp_path), stdout=subprocess.DEVNULL,
