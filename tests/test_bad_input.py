@@ -695,3 +695,14 @@ def test_filter_values_are_quoted_for_mlflow():
     with pytest.raises(ConfigError, match="study.name"):
         filter_value("a'b\"c", "study.name")
     assert file_part("a/b\\c") == "a_b_c"
+
+
+def test_report_of_a_plain_multirun_says_how_to_run_one_it_can_report(cwd):
+    """``vaesweep -m key=a,b`` runs under Hydra's basic sweeper: tagged runs, no parent run.
+    ``report`` said "none yet" of a store holding them; it names the sweeper that reports."""
+    code, err = main(["-m", "data=digits", "model=mlp", *BASE, "kl.beta_norm=0.01,0.1",
+                      "study.name=mine"])
+    assert code == 0, err[-3000:]
+    code, err = main(["report", "mine", "--tracking-uri", f"sqlite:///{cwd / 'mlflow.db'}"])
+    check(code, err, ["sweep='mine' is invalid", "have no parent run",
+                      "hydra/sweeper=vaesweep_basic study.name=mine"], 2)

@@ -423,8 +423,18 @@ def load_sweep(sweep: str, tracking_uri: str = DEFAULT_URI, *,
         parent_run_id = _find_parent(client, exp.experiment_id, sweep)
     if parent_run_id is None:
         known = known_sweeps(client, experiment)
+        tagged = client.search_runs([exp.experiment_id], max_results=1, filter_string=(
+            f"tags.`{TAG_SWEEP}` = {filter_value(sweep, 'sweep')}"))
+        if tagged:  # a multirun through Hydra's basic sweeper: runs, but no parent to report
+            raise ConfigError("sweep", sweep, known or "a sweep run by vaesweep's sweepers",
+                              f"runs tagged {TAG_SWEEP}={sweep!r} exist but have no parent run: "
+                              "a plain `vaesweep -m key=a,b` runs under Hydra's basic sweeper; "
+                              "run it with hydra/sweeper=vaesweep_basic study.name="
+                              f"{sweep} to report it")
         raise ConfigError("sweep", sweep, known or "a sweep with runs in this tracking store "
-                          "(none yet: run `vaesweep -m +sweep=quick` first)")
+                          "(none yet: run `vaesweep -m +sweep=quick`, or your own grid with "
+                          "`vaesweep -m hydra/sweeper=vaesweep_basic study.name=NAME "
+                          "kl.beta_norm=0.01,0.1`, first)")
     log.info("sweep %r: parent run %s in %s", sweep, parent_run_id, tracking_uri)
     flt = f"tags.`{TAG_PARENT}` = {filter_value(parent_run_id, '--parent')}"
     runs = _search_all(client, exp.experiment_id, flt)
