@@ -540,6 +540,21 @@ def test_a_designed_study_runs_its_points_first_and_a_resume_runs_only_the_missi
     assert not study.get_trials(states=(optuna.trial.TrialState.WAITING,))
 
 
+def test_a_key_fixed_on_the_command_line_says_which_design_values_it_replaces(caplog):
+    from vaesweep.sweep.sweepers import check_design
+    only = {"kl.beta_norm": SPACE["kl.beta_norm"]}
+    with caplog.at_level("WARNING", logger="vaesweep.sweep"):
+        check_design(DESIGN, only, fixed=["kl/schedule"])
+    warned = [r.getMessage() for r in caplog.records if "set on the command line" in r.getMessage()]
+    values = ", ".join(dict.fromkeys(p["kl/schedule"] for p in DESIGN))
+    assert warned == [f"hydra.sweeper.enqueue: kl/schedule is set on the command line, so the "
+                      f"design's values of it ({values}) are not run; 2 design point(s) remain"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="vaesweep.sweep"):
+        check_design(DESIGN, SPACE)
+    assert not [r for r in caplog.records if "set on the command line" in r.getMessage()]
+
+
 def test_a_design_point_outside_the_search_space_is_one_config_error():
     from vaesweep.sweep.sweepers import check_design
     from vaesweep.errors import ConfigError

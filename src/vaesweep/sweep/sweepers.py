@@ -139,10 +139,14 @@ def check_design(points: Any, space: dict, fixed: Sequence[str] = ()) -> list[di
     if not OmegaConf.is_list(points) and not isinstance(points, (list, tuple)):
         raise ConfigError(key, points, allowed)
     design: list[dict] = []
+    replaced: dict[str, list] = {}
     for i, p in enumerate(points):
         p = OmegaConf.to_container(p) if OmegaConf.is_config(p) else p
         if not isinstance(p, dict):
             raise ConfigError(f"{key}[{i}]", p, allowed)
+        for k in fixed:
+            if k in p and p[k] not in replaced.setdefault(k, []):
+                replaced[k].append(p[k])
         p = {k: v for k, v in p.items() if k not in fixed}
         if set(p) != set(space):
             raise ConfigError(f"{key}[{i}]", p, allowed)
@@ -151,6 +155,11 @@ def check_design(points: Any, space: dict, fixed: Sequence[str] = ()) -> list[di
                 raise ConfigError(f"{key}[{i}].{k}", v, f"a value inside {k}'s range {space[k]}")
         if p not in design:
             design.append(p)
+    for k, values in replaced.items():
+        if values:  # not silent: the design named other values for it
+            log.warning("%s: %s is set on the command line, so the design's values of it (%s) "
+                        "are not run; %d design point(s) remain", key, k,
+                        ", ".join(map(str, values)), len(design))
     return design
 
 
