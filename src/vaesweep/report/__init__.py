@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from vaesweep.job.rundir import check_writable
 from vaesweep.report.analysis import results_table
 from vaesweep.report.build import build_report
 from vaesweep.report.data import (DEFAULT_EXPERIMENT, DEFAULT_STORAGE, DEFAULT_URI, SweepData,
@@ -21,8 +22,6 @@ from vaesweep.report.html import render_html
 from vaesweep.report.markdown import render_markdown
 from vaesweep.tracking.run import set_note
 from vaesweep.tracking.tags import file_part
-from vaesweep.tracking.tags import file_part
-from vaesweep.job.rundir import check_writable
 
 log = logging.getLogger(__name__)
 #: where the report's files go inside the parent run's artifacts

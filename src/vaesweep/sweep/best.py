@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import shlex
 from pathlib import Path
 from typing import Any, Collection, Sequence
@@ -14,10 +15,9 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from vaesweep.contract import ATTR_RUN_ID, DEFAULT_STORAGE, TAG_REPRODUCES
+from vaesweep.contract import ATTR_RUN_ID, DEFAULT_STORAGE, TAG_ERROR, TAG_REPRODUCES, TAG_STATE
 from vaesweep.contract import DEFAULT_TRACKING_URI as DEFAULT_URI
 from vaesweep.errors import ConfigError
-from vaesweep.contract import TAG_ERROR, TAG_STATE
 from vaesweep.job.rundir import check_writable
 from vaesweep.tracking.run import (check_sqlite_file, check_tracking_uri, restore_command,
                                    sqlite_path, store_error)
@@ -179,8 +179,10 @@ def best_main(argv: Sequence[str]) -> int:
         out = Path(a.out or f"best_{file_part(a.sweep)}.yaml")
         check_writable("--out", str(out), out, "run vaesweep best from a writable folder, "
                        "or pass --out PATH")
-        check_tracking_uri(a.tracking_uri)  # a read: no new empty store (MlflowClient makes one)
-        cfg = run_config(MlflowClient(tracking_uri=a.tracking_uri), run_id)
+        if client is None:  # the config to write needs the store: say why it cannot be read
+            check_tracking_uri(a.tracking_uri)
+            client = MlflowClient(tracking_uri=a.tracking_uri)
+        cfg = run_config(client, run_id)
         write_config(out, cfg, run_id, f"study {study.study_name}, trial {first.number}")
         print(f"wrote the resolved config of trial {first.number} to {out}"
               f"\n  re-run it with: vaesweep reproduce {run_id}   (or: vaesweep reproduce "
@@ -203,8 +205,6 @@ def pruned_note(run: Any, max_steps: Any) -> str | None:
     """What to say up front when the original MLflow ``run`` was pruned (tag
     ``vaesweep.state=PRUNED``, its ``vaesweep.error`` naming the step): the reproduction
     trains all ``max_steps``, so its metrics differ from the pruned run's. None otherwise."""
-    import re
-
     tags = run.data.tags
     if tags.get(TAG_STATE) != "PRUNED":
         return None

@@ -28,8 +28,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vaesweep.cli import fail, warn_repeated
-from vaesweep.contract import (ATTR_FAIL_REASON, ATTR_PRUNED_REASON, TAG_HOST, TAG_PID, TAG_PID_START,
-                               sqlite_path)
+from vaesweep.contract import ATTR_FAIL_REASON, ATTR_PRUNED_REASON, TAG_HOST, TAG_PID, TAG_PID_START
 from vaesweep import stops
 from vaesweep.errors import ConfigError, Interrupted, VaesweepError, number, stop_signal
 from vaesweep.job.faults import machine_fault
@@ -579,11 +578,10 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
                               space={k: Swept.of(texts.get(k, str(d)), d) for k, d in space.items()})
         self._check_storage()
         self._check_tracking()
-        self._check_parent(study_name)
         # the worker that creates the study names its parent run in it before a stop is
         # raised: else the next worker would wait for a parent that never comes
         with stops.held() as hold:
-            study, created = self._load_study(directions, names, space, fixed, arguments)
+            study, created = self._load_study(directions, names, space, fixed, texts)
             if not created:
                 hold.release()
             joined = None if created else study_parent(study, sweep_settings(self.config))
@@ -682,40 +680,36 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
             raise ConfigError(key[0], self.storage, key[1])
         check_store(self.storage, key)
 
-    def _check_parent(self, study_name: str) -> None:
+    def _check_parent(self, study: optuna.Study) -> None:
         """An existing study's MLflow parent run (its user attribute
         :data:`ATTR_PARENT_RUN_ID`) was not soft-deleted (``mlflow runs delete``): a deleted
         run takes no more children, so resuming is a ConfigError on ``study.name`` naming the
-        run and how to restore it, raised before the study is touched. Reads only: a storage
-        that is not there yet, or a run this store does not have, is no error here."""
+        run and how to restore it, raised before the study is written. A run this store does
+        not have, or cannot read, is no error here (study_parent says what is wrong)."""
         from mlflow.tracking import MlflowClient
 
-        path = sqlite_path(self.storage) if isinstance(self.storage, str) else None
-        if self.storage is None or (path is not None and not path.is_file()):
+        run_id = study.user_attrs.get(ATTR_PARENT_RUN_ID)
+        if not run_id:
             return
+        uri = sweep_settings(self.config)["uri"]
         try:
-            found = [st for st in optuna.get_all_study_summaries(storage(self.storage))
-                     if st.study_name == study_name]
-            run_id = found[0].user_attrs.get(ATTR_PARENT_RUN_ID) if found else None
-            if not run_id:
-                return
-            uri = sweep_settings(self.config)["uri"]
             run = MlflowClient(tracking_uri=uri).get_run(str(run_id))
-        except Exception as e:  # noqa: BLE001 - _load_study and study_parent say what is wrong
-            log.debug("could not check the parent run of study %r: %s", study_name, e)
+        except Exception as e:  # noqa: BLE001 - study_parent says what is wrong
+            log.debug("could not check the parent run of study %r: %s", study.study_name, e)
             return
         if run.info.lifecycle_stage == "deleted":
-            raise deleted_run("study.name", study_name, uri, str(run_id),
+            raise deleted_run("study.name", study.study_name, uri, str(run_id),
                               "a study whose MLflow parent run is active (not deleted)",
                               "choose another study.name for a new study")
 
     def _load_study(self, directions: Sequence[str], names: Sequence[str], space: dict,
-                    fixed: dict, arguments: Sequence[str]) -> tuple[optuna.Study, bool]:
+                    fixed: dict, texts: dict[str, str]) -> tuple[optuna.Study, bool]:
         """The sweep's study, and whether this worker created it (exactly one worker does: it
         opens the study's parent run). An existing study is checked against this sweep's
         directions, objectives and search space (``space``, ``fixed``: the sweep's
-        distributions and fixed keys; ``arguments``: its overrides) before anything is
-        written: a ConfigError otherwise."""
+        distributions and fixed keys; ``texts``: its overrides as typed, :func:`override_texts`)
+        and its MLflow parent run (:meth:`_check_parent`) before anything is written: a
+        ConfigError otherwise."""
         import random
         import time
 
@@ -749,6 +743,8 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
         except Exception as e:  # sqlalchemy OperationalError: server down, bad path
             raise store_error(str(self.storage), e, ("hydra.sweeper.storage",
                                                      "a reachable Optuna storage")) from None
+        if not created:
+            self._check_parent(study)
         stored = [d.name.lower() for d in study.directions]
         if stored != [d.lower() for d in directions]:
             raise ConfigError("hydra.sweeper.direction", list(directions),
@@ -759,8 +755,7 @@ class VaesweepOptunaImpl(_ParentMixin, OptunaSweeperImpl):
             raise ConfigError("objective", list(names),
                               f"the objectives of the existing study {self.study_name!r}: {old}")
         if not created:
-            check_resumed_space(study, space, fixed, override_texts(
-                self._parse_sweeper_params_config() + list(arguments)))
+            check_resumed_space(study, space, fixed, texts)
         if old is None:
             study.set_user_attr("objectives", list(names))
         name_objectives(study, names)

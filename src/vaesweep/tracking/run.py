@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shlex
 import subprocess
 import time
 from pathlib import Path
@@ -26,8 +27,8 @@ from vaesweep.tracking.tags import delete_tag, set_tags
 
 from vaesweep.contract import (MODEL_TRAINING, TAG_CHANGED_PARAMS, TAG_COMMIT, TAG_DATA_SHAPE,  # noqa: F401
                                TAG_ERROR, TAG_EXPERIMENT_KIND, TAG_PARENT, TAG_PREVIOUS_ERROR,
-                               TAG_RESUMES, TAG_STATE, TAG_SWEEP, TAG_TRIAL, sqlite_path)
-from vaesweep.contract import launch_dir
+                               TAG_RESUMES, TAG_STATE, TAG_SWEEP, TAG_TRIAL, launch_dir,
+                               sqlite_path)
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +215,6 @@ def check_tracking_uri(uri: str) -> None:
 def restore_command(uri: str, kind: str, ident: str) -> str:
     """The shell command that restores a soft-deleted MLflow run (``kind`` "run") or
     experiment ("experiment") of the store ``uri``."""
-    import shlex
     option = "--run-id" if kind == "run" else "--experiment-id"
     return (f"MLFLOW_TRACKING_URI={shlex.quote(uri)} mlflow {kind}s restore {option} "
             f"{shlex.quote(str(ident))}")

@@ -105,7 +105,7 @@ def close_children(uri: str, experiment: str, parent_run_id: str, status: str, r
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return [], []
-    flt = f"tags.`{TAG_PARENT}` = '{parent_run_id}'"
+    flt = f"tags.`{TAG_PARENT}` = {filter_value(parent_run_id, 'study.parent_run_id')}"
     closed, ended = [], []
     for run in client.search_runs([exp.experiment_id], flt, max_results=50000):
         trial = run.data.tags.get(TAG_TRIAL)
