@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -341,6 +342,24 @@ def check_data(cfg: Mapping, config: type[DataConfig]) -> Any:
     missing one is reported there). Returns the checked config; raises ConfigError."""
     given = {k: cfg_get(cfg, k) for k in config.key_names() if k != "root"}
     return config.validate({k: v for k, v in given.items() if v is not None}, "data")
+
+
+def write_atomically(path: Path, write: Callable[[Any], None]) -> None:
+    """``write(f)`` into a temporary file beside ``path``, then moved onto it: a crash
+    mid-write never leaves a truncated cache behind. The file gets the permissions a plain
+    ``open`` would (``mkstemp`` makes it 0600). Raises OSError; the temporary file is removed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def data_root(cfg: Mapping) -> Path:

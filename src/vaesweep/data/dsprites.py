@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Mapping
@@ -43,6 +41,7 @@ from vaesweep.data.base import (
     register_dataset,
     subset_indices,
     subset_size,
+    write_atomically,
 )
 from vaesweep.errors import ConfigError, DataError
 from vaesweep.schema import boolean, free
@@ -216,18 +215,7 @@ def _load_cache(path: Path) -> np.ndarray | None:
 def _save_cache(path: Path, packed: np.ndarray) -> None:
     """Write atomically: a crash mid-write never leaves a truncated cache behind."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, packed, allow_pickle=False)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomically(path, lambda f: np.save(f, packed, allow_pickle=False))
     except OSError as err:  # a read-only root still gives a working (uncached) dataset
         log.warning("could not write the dSprites cache to %s: %s", path, err)
     else:

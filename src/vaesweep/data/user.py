@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from vaesweep.data.base import (DEFAULT_ROOT, DataConfig, ImageSet, cfg_get, check_data,
-                                maybe_subset, register_dataset)
+from vaesweep.data.base import (DataConfig, ImageSet, cfg_get, check_data, data_root,
+                                maybe_subset, register_dataset, write_atomically)
 from vaesweep.errors import ConfigError, DataError
 from vaesweep.schema import boolean, free, one_of
 from vaesweep.schema import _field
@@ -87,7 +86,7 @@ class ImagesConfig(DataConfig):
 def cache_dir() -> Path:
     """Where decoded user data are cached: ``$VAESWEEP_DATA/images``, else
     ``~/.cache/vaesweep/images`` (never the user's own folder)."""
-    return Path(os.environ.get("VAESWEEP_DATA") or DEFAULT_ROOT).expanduser() / "images"
+    return data_root({}) / "images"
 
 
 def _list_images(root: Path) -> tuple[list[Path], int]:
@@ -110,15 +109,7 @@ def _save_npz(path: Path, **arrays: np.ndarray) -> None:
     """Write atomically (a crash never leaves half a cache); a cache that cannot be written
     is logged, and the data are used uncached."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomically(path, lambda f: np.savez(f, **arrays))
     except OSError as err:
         log.warning("could not write the image cache %s: %s", path, err)
 
